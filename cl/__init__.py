@@ -1,0 +1,1 @@
+"""Continual learning: task streams, methods, the accuracy matrix and its metrics."""

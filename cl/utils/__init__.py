@@ -1,0 +1,1 @@
+"""Small helpers shared by the packages: atomic file writes, run-directory records."""
