@@ -21,6 +21,7 @@ class DatasetNotFoundError(FileNotFoundError):
         self.key = key
         self.path = os.fspath(path)
         self.how = how
+        self.detail = detail
         lines = [f"data={key}: dataset not found at '{self.path}'."]
         if detail:
             lines.append(detail)
@@ -28,7 +29,7 @@ class DatasetNotFoundError(FileNotFoundError):
         super().__init__("\n".join(lines))
 
     def __reduce__(self):  # keep the error picklable (DataLoader workers, multiprocessing)
-        return (DatasetNotFoundError, (self.key, self.path, self.how))
+        return (DatasetNotFoundError, (self.key, self.path, self.how, self.detail))
 
 
 def require_dir(key: str, path: str | os.PathLike[str], how: str, detail: str = "") -> str:
