@@ -12,7 +12,8 @@
 # /etc/slurm/slurm.conf does not exist, start also links it there (and stop removes that link again).
 # Idempotent: start on a running cluster only checks it; stop on a stopped one does nothing.
 # Environment: SLURM_LOCAL_DIR, SLURM_LOCAL_CTLD_PORT (6817), SLURM_LOCAL_D_PORT (6818),
-#              SLURM_LOCAL_PARTITION (debug), SLURM_LOCAL_START_TIMEOUT (60 s).
+#              SLURM_LOCAL_PARTITION (debug), SLURM_LOCAL_START_TIMEOUT (60 s),
+#              SLURM_LOCAL_NO_ETC_LINK=1 (never create /etc/slurm/slurm.conf; tests use this).
 set -euo pipefail
 
 DIR="${SLURM_LOCAL_DIR:-/tmp/slurm_local}"
@@ -139,7 +140,7 @@ cmd_start() {
   mkdir -p "$DIR"/{etc,munge,run,log,spool/ctld,spool/d}
   chmod 0700 "$DIR/munge"
   if ! alive slurmctld slurmctld && ! alive slurmd slurmd; then write_conf; fi
-  if [ ! -e "$ETC_LINK" ] && [ -d "$(dirname "$ETC_LINK")" ] && [ -w "$(dirname "$ETC_LINK")" ]; then
+  if [ -z "${SLURM_LOCAL_NO_ETC_LINK:-}" ] && [ ! -e "$ETC_LINK" ] && [ -d "$(dirname "$ETC_LINK")" ] && [ -w "$(dirname "$ETC_LINK")" ]; then
     ln -s "$CONF" "$ETC_LINK" && echo "$ETC_LINK" >"$DIR/run/etc_link"
   fi
   start_munge
