@@ -1,0 +1,54 @@
+"""scikit-learn's digits: 1,797 real 8x8 handwritten digit images (UCI optdigits test set), shipped with scikit-learn.
+
+The offline default dataset. Images are scaled to [0, 1] (pixel values are 0..16), resized once (bilinear) to the
+backbone's input size, and kept as tensors in memory. The train/test split is fixed: a stratified 75/25 split with
+``random_state=0`` (sklearn ``train_test_split``), independent of the run's seed, so every run sees the same test set.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import TensorDataset
+
+from cl.data.sources import SplitDatasets
+
+DIGITS_TEST_FRACTION = 0.25
+DIGITS_SPLIT_SEED = 0
+
+
+class LabelledTensorDataset(TensorDataset):
+    """``TensorDataset(images, labels)`` that also exposes ``.targets`` (a list of ints), as Avalanche expects."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        super().__init__(images, labels)
+        self.images = images
+        self.labels = labels
+        self.targets: list[int] = labels.tolist()
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.images[index], self.targets[index]
+
+
+def load_digits(image_size: int = 8, channels: int = 1, mean: float = 0.0, std: float = 1.0) -> SplitDatasets:
+    """Load the digits as a fixed train/test split of ``(channels, image_size, image_size)`` float tensors."""
+    from sklearn.datasets import load_digits as sk_load_digits
+    from sklearn.model_selection import train_test_split
+
+    if channels not in (1, 3):
+        raise ValueError(f"data.channels={channels} for digits; allowed: 1 or 3")
+    bunch = sk_load_digits()
+    images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    if image_size != 8:
+        images = torch.nn.functional.interpolate(images, size=(image_size, image_size), mode="bilinear")
+    images = ((images - mean) / std).expand(-1, channels, -1, -1).contiguous()
+    labels = torch.tensor(bunch.target, dtype=torch.long)
+    idx = torch.arange(len(labels)).numpy()
+    train_idx, test_idx = train_test_split(
+        idx, test_size=DIGITS_TEST_FRACTION, random_state=DIGITS_SPLIT_SEED, stratify=bunch.target
+    )
+    train_idx, test_idx = sorted(train_idx.tolist()), sorted(test_idx.tolist())
+    return SplitDatasets(
+        train=LabelledTensorDataset(images[train_idx], labels[train_idx]),
+        test=LabelledTensorDataset(images[test_idx], labels[test_idx]),
+        classes=[str(c) for c in range(10)],
+    )

@@ -1,0 +1,181 @@
+"""The task loop: for each experience fit, evaluate every experience (seen and unseen), checkpoint, report.
+
+Row t of the accuracy matrix R holds the accuracy on every experience j after training through experience t; a row R0
+measured before any training gives forward transfer. Each experience starts from ``seed_everything(seed + t)``, so an
+interrupted run resumed after experience t reproduces the uninterrupted run's matrix exactly (on CPU). A SIGTERM
+during training (Lightning turns it into ``SIGTERMException``) abandons the current experience and raises
+:class:`Preempted`; the checkpoints of completed experiences are already on disk and a resumed run redoes it.
+
+Main matrix by scenario: class-incremental → task-agnostic accuracy (the task-aware matrix is kept beside it as
+``acc_matrix_task_aware``); task-incremental → task-aware; domain-incremental → the two coincide. ``fwt`` in
+class-incremental runs is computed on the task-aware matrices, because task-agnostic accuracy on classes never seen is
+0 by construction (masked), which would make forward transfer meaningless.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.fabric.utilities.seed import seed_everything
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, Dataset
+
+from cl.data.stream import Stream
+from cl.engine.checkpoint import rng_state, save_checkpoint
+from cl.engine.evaluate import evaluate_stream
+from cl.engine.trainer import make_trainer
+from cl.metrics import compute_metrics, fwt, write_reports
+
+
+class Preempted(RuntimeError):
+    """Training of an experience was interrupted by SIGTERM; completed experiences are checkpointed."""
+
+    def __init__(self, experience: int) -> None:
+        super().__init__(f"SIGTERM received while training experience {experience}; resume to continue")
+        self.experience = experience
+
+
+def compute_device(trainer_cfg: DictConfig) -> torch.device:
+    """The device on which the engine evaluates (the trainer's accelerator)."""
+    acc = str(trainer_cfg.get("accelerator", "cpu"))
+    if acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available()):
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def is_global_zero() -> bool:
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
+        torch.distributed.get_rank() == 0
+    )
+
+
+class StreamRunner:
+    """Runs a method over a stream and writes the run directory (see the module docstring)."""
+
+    def __init__(self, cfg: DictConfig, method: Any, stream: Stream, run_dir: Path) -> None:
+        self.cfg, self.method, self.stream, self.run_dir = cfg, method, stream, run_dir
+        T = len(stream)
+        self.R = np.zeros((T, T))
+        self.R_taw = np.zeros((T, T))
+        self.R0 = np.zeros(T)
+        self.R0_taw = np.zeros(T)
+        self.train_seconds = 0.0
+        self.extra_metrics: dict[str, Any] = {}
+        self.start = 0
+        self.device = compute_device(cfg.trainer)
+
+    # ------------------------------------------------------------------------------------------------ data
+    def train_loader(self, dataset: Dataset, experience: int) -> DataLoader:
+        data = self.cfg.data
+        gen = torch.Generator().manual_seed(int(self.cfg.seed) * 1000 + experience)
+        return DataLoader(
+            dataset,
+            batch_size=int(data.batch_size),
+            shuffle=True,
+            num_workers=int(data.num_workers),
+            generator=gen,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
+
+    def eval_loader(self, dataset: Dataset) -> DataLoader:
+        data = self.cfg.data
+        return DataLoader(
+            dataset, batch_size=int(data.eval_batch_size), shuffle=False, num_workers=int(data.num_workers)
+        )
+
+    def evaluate(self) -> tuple[list[float], list[float]]:
+        data = self.cfg.data
+        return evaluate_stream(self.method, self.stream, int(data.eval_batch_size), self.device, int(data.num_workers))
+
+    # ------------------------------------------------------------------------------------------------ state
+    def restore(self, payload: dict[str, Any]) -> None:
+        """Continue after the experience stored in a checkpoint payload."""
+        t = int(payload["experience"])
+        self.R[: t + 1] = np.asarray(payload["acc_matrix"])
+        self.R_taw[: t + 1] = np.asarray(payload["acc_matrix_task_aware"])
+        self.R0[:] = payload["R0"]
+        self.R0_taw[:] = payload["R0_task_aware"]
+        self.train_seconds = float(payload["train_seconds"])
+        self.start = t + 1
+
+    def payload(self, t: int, optimizer_state: dict[str, Any] | None) -> dict[str, Any]:
+        return {
+            "experience": t,
+            "num_experiences": len(self.stream),
+            "state_dict": self.method.state_dict(),
+            "optimizer": optimizer_state,
+            "acc_matrix": self.R[: t + 1].tolist(),
+            "acc_matrix_task_aware": self.R_taw[: t + 1].tolist(),
+            "R0": self.R0.tolist(),
+            "R0_task_aware": self.R0_taw.tolist(),
+            "train_seconds": self.train_seconds,
+            "scenario": self.stream.scenario,
+            "class_order": self.stream.class_order,
+            "experience_classes": [e.classes for e in self.stream.experiences],
+            "method_class": f"{type(self.method).__module__}.{type(self.method).__qualname__}",
+            "rng": rng_state(),
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+        }
+
+    # ------------------------------------------------------------------------------------------------ metrics
+    def metrics(self, t: int) -> dict[str, Any]:
+        main, main0 = (self.R_taw, self.R0_taw) if self.stream.scenario == "task" else (self.R, self.R0)
+        m = compute_metrics(
+            main[: t + 1], R0=main0, R_taw=self.R_taw[: t + 1] if self.stream.scenario == "class" else None
+        )
+        if self.stream.scenario == "class":
+            m["fwt"] = fwt(self.R_taw[: t + 1, : t + 1], self.R0_taw[: t + 1])
+        m.update(
+            scenario=self.stream.scenario,
+            complete=t == len(self.stream) - 1,
+            seconds=self.train_seconds,
+            method=self.method.method_name,
+            seed=int(self.cfg.seed),
+            **self.extra_metrics,
+        )
+        return m
+
+    # ------------------------------------------------------------------------------------------------ loop
+    def run(self) -> dict[str, Any]:
+        self.method.setup_stream(self.stream)
+        if self.start == 0:
+            seed_everything(int(self.cfg.seed), verbose=False)
+            self.R0[:], self.R0_taw[:] = self.evaluate()
+        metrics: dict[str, Any] = {}
+        for t in range(self.start, len(self.stream)):
+            metrics = self.run_experience(t)
+        if self.start >= len(self.stream):
+            metrics = self.metrics(len(self.stream) - 1)
+        return metrics
+
+    def run_experience(self, t: int) -> dict[str, Any]:
+        seed_everything(int(self.cfg.seed) + t, verbose=False)
+        exp = self.stream.experiences[t]
+        self.method.on_experience_start(exp)
+        trainer = make_trainer(self.cfg.trainer, self.cfg.get("logger"), self.run_dir, t, len(self.stream))
+        loader = self.train_loader(self.method.train_dataset(exp, self.stream), t)
+        start = time.perf_counter()
+        try:
+            trainer.fit(self.method, train_dataloaders=loader)
+        except SIGTERMException as err:
+            raise Preempted(t) from err
+        if trainer.received_sigterm:
+            raise Preempted(t)
+        self.method.on_experience_end(exp, self.eval_loader)
+        self.train_seconds += time.perf_counter() - start
+        self.R[t], self.R_taw[t] = self.evaluate()
+        metrics = self.metrics(t)
+        if is_global_zero():
+            opt = trainer.optimizers[0].state_dict() if trainer.optimizers else None
+            save_checkpoint(self.run_dir / "checkpoints" / f"task_{t}.ckpt", self.payload(t, opt))
+            main = self.R_taw if self.stream.scenario == "task" else self.R
+            write_reports(self.run_dir, metrics, main[: t + 1], plot=t == len(self.stream) - 1)
+        return metrics

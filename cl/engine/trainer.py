@@ -1,0 +1,35 @@
+"""Building one Lightning ``Trainer`` per experience, with the per-experience progress bar and logger."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import TQDMProgressBar
+from omegaconf import DictConfig
+
+
+class ExperienceProgressBar(TQDMProgressBar):
+    """TQDM bar whose description names the experience: ``exp 2/5 · epoch 1``."""
+
+    def __init__(self, experience: int, num_experiences: int, refresh_rate: int = 1) -> None:
+        super().__init__(refresh_rate=refresh_rate)
+        self.label = f"exp {experience + 1}/{num_experiences}"
+
+    def on_train_epoch_start(self, trainer: Any, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self.train_progress_bar.set_description(f"{self.label} · epoch {trainer.current_epoch}")
+
+
+def make_trainer(
+    trainer_cfg: DictConfig, logger_cfg: DictConfig | None, run_dir: Path, experience: int, num_experiences: int
+) -> Any:
+    """Instantiate ``trainer_cfg`` for one experience (logger version ``exp_{t}`` under ``run_dir/logs``)."""
+    logger: Any = False
+    if logger_cfg is not None and logger_cfg.get("_target_"):
+        logger = instantiate(logger_cfg, save_dir=str(run_dir), name="logs", version=f"exp_{experience}")
+    callbacks = []
+    if trainer_cfg.get("enable_progress_bar", True):
+        callbacks.append(ExperienceProgressBar(experience, num_experiences))
+    return instantiate(trainer_cfg, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))

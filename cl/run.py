@@ -1,0 +1,42 @@
+"""``python -m cl.run``: train a continual-learning method over a task stream.
+
+    python -m cl.run                                   # the offline default experiment (digits, tiny ViT)
+    python -m cl.run experiment=NAME key=value ...     # a preset from conf/experiment/ with overrides
+    python -m cl.run resume=RUN_DIR                    # continue after the last completed experience
+    python -m cl.run -m hydra/launcher=slurm seed=0,1,2
+
+Heavy imports (torch, lightning, timm, avalanche) happen inside :func:`main`, so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+import cl.resolvers  # noqa: F401  (registers the resolvers conf/ uses)
+
+EXIT_CONFIG_ERROR = 2
+EXIT_PREEMPTED = 143  # 128 + SIGTERM, what a shell reports for a job ended by SIGTERM
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="cl")
+def main(cfg: DictConfig) -> float | None:
+    """Compose, build and run; returns the final average accuracy (for Hydra sweepers)."""
+    from cl.experiment import ConfigurationError, run_experiment
+    from cl.engine.loop import Preempted
+
+    try:
+        metrics = run_experiment(cfg)
+    except ConfigurationError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG_ERROR)
+    except Preempted as err:
+        print(f"preempted: {err}", file=sys.stderr)
+        sys.exit(EXIT_PREEMPTED)
+    return metrics.get("avg_acc")
+
+
+if __name__ == "__main__":
+    main()
