@@ -1,0 +1,162 @@
+"""Find and read the runs of a sweep directory written by ``python -m cl.run -m ...`` (one subfolder per run).
+
+A run folder is any folder below the sweep (``.submitit`` and the aggregator's own output excluded) that holds
+``metrics.json``, ``run_info.json`` or ``.hydra/config.yaml``. A run is *complete* when its ``metrics.json`` parses,
+says ``complete: true`` (when the key is present) and holds a full square ``acc_matrix`` of fractions. Every other run
+is *incomplete* and carries the reason; the aggregator never averages it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SKIP_DIRS = {".submitit", ".hydra", ".hydra_resume", "checkpoints", "aggregate"}
+RUN_MARKERS = ("metrics.json", "run_info.json", ".hydra/config.yaml")
+# keys of the resolved config that always define a setting (a missing key reads as None)
+DEFAULT_SETTING_KEYS = ("data.name", "scenario.name")
+# sweep override keys that never define a setting
+NON_SETTING_OVERRIDES = {"seed", "method", "resume", "experiment"}
+
+
+@dataclass
+class Run:
+    """One run folder: its config, overrides, metrics and, when incomplete, why."""
+
+    path: Path
+    config: dict[str, Any] = field(default_factory=dict)
+    overrides: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    problem: str | None = None  # None = complete
+
+    @property
+    def complete(self) -> bool:
+        return self.problem is None
+
+    @property
+    def method(self) -> str:
+        name = self.metrics.get("method")
+        if isinstance(name, str) and name:
+            return name
+        target = lookup(self.config, "method._target_")
+        return str(target).rsplit(".", 1)[-1] if target else "unknown"
+
+    @property
+    def seed(self) -> Any:
+        return self.metrics.get("seed", self.config.get("seed"))
+
+
+def lookup(cfg: dict[str, Any], dotted: str) -> Any:
+    """``cfg['a']['b']`` for ``'a.b'``; None when any level is missing."""
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def find_run_dirs(sweep_dir: Path) -> list[Path]:
+    """Every run folder below ``sweep_dir`` (not descending into a run folder), sorted."""
+    found: list[Path] = []
+
+    def visit(folder: Path) -> None:
+        if any((folder / marker).exists() for marker in RUN_MARKERS):
+            found.append(folder)
+            return
+        for child in sorted(p for p in folder.iterdir() if p.is_dir() and p.name not in SKIP_DIRS):
+            visit(child)
+
+    for child in sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name not in SKIP_DIRS):
+        visit(child)
+    return found
+
+
+def _read_overrides(path: Path) -> dict[str, str]:
+    if not path.exists():
+        return {}
+    items = yaml.safe_load(path.read_text()) or []
+    out: dict[str, str] = {}
+    for item in items:
+        key, _, value = str(item).partition("=")
+        out[key.lstrip("+~")] = value
+    return out
+
+
+def _matrix_problem(matrix: Any) -> str | None:
+    if not isinstance(matrix, list) or not matrix or not all(isinstance(row, list) for row in matrix):
+        return "acc_matrix missing or not a list of rows"
+    n = len(matrix)
+    if any(len(row) != n for row in matrix):
+        return f"acc_matrix is {n} rows x {sorted({len(r) for r in matrix})} columns: not every experience trained"
+    for row in matrix:
+        for v in row:
+            if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v) or not 0 <= v <= 1:
+                return f"acc_matrix holds {v!r}, not a fraction in [0, 1]"
+    return None
+
+
+def load_run(path: Path) -> Run:
+    """Read one run folder; never raises for a broken run (the problem is recorded instead)."""
+    run = Run(path=path)
+    config_path = path / ".hydra" / "config.yaml"
+    try:
+        run.config = yaml.safe_load(config_path.read_text()) or {} if config_path.exists() else {}
+        run.overrides = _read_overrides(path / ".hydra" / "overrides.yaml")
+    except (OSError, yaml.YAMLError) as err:
+        run.problem = f"unreadable .hydra record: {err}"
+        return run
+    metrics_path = path / "metrics.json"
+    if not metrics_path.exists():
+        run.problem = "no metrics.json (still running, failed or killed)"
+        return run
+    try:
+        metrics = json.loads(metrics_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        run.problem = f"unreadable metrics.json: {err}"
+        return run
+    if not isinstance(metrics, dict):
+        run.problem = "metrics.json is not an object"
+        return run
+    run.metrics = metrics
+    if metrics.get("complete") is False:
+        done = metrics.get("experiences_trained", "?")
+        run.problem = f"metrics.json says complete: false ({done}/{metrics.get('num_experiences', '?')} experiences)"
+        return run
+    run.problem = _matrix_problem(metrics.get("acc_matrix"))
+    return run
+
+
+def load_sweep(sweep_dir: Path) -> list[Run]:
+    return [load_run(p) for p in find_run_dirs(sweep_dir)]
+
+
+def setting_keys(runs: list[Run], extra: tuple[str, ...] = ()) -> list[str]:
+    """The default setting keys, ``extra``, and every swept override key whose value differs between runs."""
+    keys = list(DEFAULT_SETTING_KEYS) + [k for k in extra if k not in DEFAULT_SETTING_KEYS]
+    swept: dict[str, set[str]] = {}
+    for run in runs:
+        for key, value in run.overrides.items():
+            if key not in NON_SETTING_OVERRIDES and not key.startswith("hydra"):
+                swept.setdefault(key, set()).add(value)
+    for key in sorted(swept):
+        absent = any(key not in r.overrides for r in runs)
+        if (len(swept[key]) > 1 or absent) and key not in keys:
+            keys.append(key)
+    return keys
+
+
+def setting_of(run: Run, keys: list[str]) -> tuple[str, ...]:
+    """The run's value for each setting key: the resolved config's value, else the override's text."""
+    values = []
+    for key in keys:
+        value = lookup(run.config, key)
+        if value is None:
+            value = run.overrides.get(key)
+        values.append("" if value is None else str(value))
+    return tuple(values)
