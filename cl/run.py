@@ -24,8 +24,8 @@ EXIT_PREEMPTED = 143  # 128 + SIGTERM, what a shell reports for a job ended by S
 @hydra.main(version_base="1.3", config_path="../conf", config_name="cl")
 def main(cfg: DictConfig) -> float | None:
     """Compose, build and run; returns the final average accuracy (for Hydra sweepers)."""
-    from cl.experiment import ConfigurationError, run_experiment
     from cl.engine.loop import Preempted
+    from cl.experiment import ConfigurationError, run_experiment
 
     try:
         metrics = run_experiment(cfg)

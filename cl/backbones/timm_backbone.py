@@ -78,9 +78,9 @@ class Backbone(nn.Module):
             if load_pretrained and not weights:
                 raise BackboneWeightsError(
                     f"backbone.pretrained=true but the weights of {name} are not in the Hugging Face cache "
-                    f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '')!r}). Either download them once on a machine "
-                    f"with network (`python -c \"import timm; timm.create_model('{name}', pretrained=True)\"`) and copy "
-                    f"~/.cache/huggingface, or pass backbone.weights=PATH to a local file. Cause: {err}"
+                    f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '')!r}). Either download them once on a "
+                    f"machine with network (`python -c \"import timm; timm.create_model('{name}', pretrained=True)\"`) "
+                    f"and copy ~/.cache/huggingface, or pass backbone.weights=PATH to a local file. Cause: {err}"
                 ) from err
             raise
         if cifar_stem:

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from cl.data.stream import Stream
 from cl.engine.checkpoint import rng_state, save_checkpoint
 from cl.engine.evaluate import evaluate_stream
-from cl.engine.trainer import make_trainer
+from cl.engine.trainer import build_callbacks, make_trainer
 from cl.metrics import compute_metrics, fwt, write_reports
 
 
@@ -57,7 +57,13 @@ def is_global_zero() -> bool:
 
 
 class StreamRunner:
-    """Runs a method over a stream and writes the run directory (see the module docstring)."""
+    """Runs a method over a stream and writes the run directory (see the module docstring).
+
+    Extension points: ``cfg.callbacks`` (a dict of ``_target_`` configs) are Lightning callbacks built once per run,
+    given to every experience's Trainer (so they see every step across experiences), checkpointed through their
+    ``state_dict``; a callback may also define ``on_experience_end(runner, experience)`` (called after the method's
+    own hook, before evaluation) and ``report_metrics() -> dict`` (merged into ``metrics.json``), as may the method.
+    """
 
     def __init__(self, cfg: DictConfig, method: Any, stream: Stream, run_dir: Path) -> None:
         self.cfg, self.method, self.stream, self.run_dir = cfg, method, stream, run_dir
@@ -70,6 +76,7 @@ class StreamRunner:
         self.extra_metrics: dict[str, Any] = {}
         self.start = 0
         self.device = compute_device(cfg.trainer)
+        self.callbacks = build_callbacks(cfg)
 
     # ------------------------------------------------------------------------------------------------ data
     def train_loader(self, dataset: Dataset, experience: int) -> DataLoader:
@@ -104,6 +111,9 @@ class StreamRunner:
         self.R0[:] = payload["R0"]
         self.R0_taw[:] = payload["R0_task_aware"]
         self.train_seconds = float(payload["train_seconds"])
+        for name, cb in self.callbacks.items():
+            if name in payload.get("callbacks", {}):
+                cb.load_state_dict(payload["callbacks"][name])
         self.start = t + 1
 
     def payload(self, t: int, optimizer_state: dict[str, Any] | None) -> dict[str, Any]:
@@ -112,7 +122,7 @@ class StreamRunner:
             "num_experiences": len(self.stream),
             "state_dict": self.method.state_dict(),
             "optimizer": optimizer_state,
-            "acc_matrix": self.R[: t + 1].tolist(),
+            "acc_matrix": self.R[: t + 1].tolist(),  # t = -1: the initial weights, no row yet
             "acc_matrix_task_aware": self.R_taw[: t + 1].tolist(),
             "R0": self.R0.tolist(),
             "R0_task_aware": self.R0_taw.tolist(),
@@ -121,6 +131,7 @@ class StreamRunner:
             "class_order": self.stream.class_order,
             "experience_classes": [e.classes for e in self.stream.experiences],
             "method_class": f"{type(self.method).__module__}.{type(self.method).__qualname__}",
+            "callbacks": {name: cb.state_dict() for name, cb in self.callbacks.items()},
             "rng": rng_state(),
             "config": OmegaConf.to_container(self.cfg, resolve=True),
         }
@@ -141,6 +152,10 @@ class StreamRunner:
             seed=int(self.cfg.seed),
             **self.extra_metrics,
         )
+        m.update(self.method.report_metrics())
+        for cb in self.callbacks.values():
+            if hasattr(cb, "report_metrics"):
+                m.update(cb.report_metrics())
         return m
 
     # ------------------------------------------------------------------------------------------------ loop
@@ -148,6 +163,8 @@ class StreamRunner:
         self.method.setup_stream(self.stream)
         if self.start == 0:
             seed_everything(int(self.cfg.seed), verbose=False)
+            if is_global_zero():  # the weights before any training (unlearning's `retrain` starts from them)
+                save_checkpoint(self.run_dir / "checkpoints" / "initial.ckpt", self.payload(-1, None))
             self.R0[:], self.R0_taw[:] = self.evaluate()
         metrics: dict[str, Any] = {}
         for t in range(self.start, len(self.stream)):
@@ -160,7 +177,9 @@ class StreamRunner:
         seed_everything(int(self.cfg.seed) + t, verbose=False)
         exp = self.stream.experiences[t]
         self.method.on_experience_start(exp)
-        trainer = make_trainer(self.cfg.trainer, self.cfg.get("logger"), self.run_dir, t, len(self.stream))
+        trainer = make_trainer(
+            self.cfg.trainer, self.cfg.get("logger"), self.run_dir, t, len(self.stream), list(self.callbacks.values())
+        )
         loader = self.train_loader(self.method.train_dataset(exp, self.stream), t)
         start = time.perf_counter()
         try:
@@ -169,7 +188,11 @@ class StreamRunner:
             raise Preempted(t) from err
         if trainer.received_sigterm:
             raise Preempted(t)
+        self.last_trainer = trainer
         self.method.on_experience_end(exp, self.eval_loader)
+        for cb in self.callbacks.values():
+            if hasattr(cb, "on_experience_end"):
+                cb.on_experience_end(self, exp)
         self.train_seconds += time.perf_counter() - start
         self.R[t], self.R_taw[t] = self.evaluate()
         metrics = self.metrics(t)

@@ -22,14 +22,28 @@ class ExperienceProgressBar(TQDMProgressBar):
         self.train_progress_bar.set_description(f"{self.label} · epoch {trainer.current_epoch}")
 
 
+def build_callbacks(cfg: DictConfig) -> dict[str, Any]:
+    """The run-long callbacks of ``cfg.callbacks`` (name -> ``_target_`` config; null entries are skipped)."""
+    out = {}
+    for name, cb_cfg in (cfg.get("callbacks") or {}).items():
+        if cb_cfg is not None and cb_cfg.get("_target_"):
+            out[str(name)] = instantiate(cb_cfg)
+    return out
+
+
 def make_trainer(
-    trainer_cfg: DictConfig, logger_cfg: DictConfig | None, run_dir: Path, experience: int, num_experiences: int
+    trainer_cfg: DictConfig,
+    logger_cfg: DictConfig | None,
+    run_dir: Path,
+    experience: int,
+    num_experiences: int,
+    extra_callbacks: list[Any] | None = None,
 ) -> Any:
     """Instantiate ``trainer_cfg`` for one experience (logger version ``exp_{t}`` under ``run_dir/logs``)."""
     logger: Any = False
     if logger_cfg is not None and logger_cfg.get("_target_"):
         logger = instantiate(logger_cfg, save_dir=str(run_dir), name="logs", version=f"exp_{experience}")
-    callbacks = []
+    callbacks = list(extra_callbacks or [])
     if trainer_cfg.get("enable_progress_bar", True):
         callbacks.append(ExperienceProgressBar(experience, num_experiences))
     return instantiate(trainer_cfg, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))

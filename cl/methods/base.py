@@ -88,6 +88,10 @@ class ContinualMethod(L.LightningModule):
     def on_experience_end(self, experience: Experience, loader_factory: Callable[[Dataset], Any]) -> None:
         """Called after the experience's fit; ``loader_factory(dataset)`` builds an evaluation-style loader."""
 
+    def report_metrics(self) -> dict[str, Any]:
+        """Extra entries for ``metrics.json`` (e.g. FLOPs, parameters updated); merged after every experience."""
+        return {}
+
     # ----------------------------------------------------------------------------------------------- forward/masks
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits over all classes, unmasked."""
