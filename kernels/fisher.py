@@ -1,0 +1,180 @@
+"""Diagonal of the Fisher information of a classifier's categorical likelihood: ``kernels.fisher_diagonal``.
+
+Quantities (``l_i = CE(f(x_i), y_i) = -log p(y_i | x_i)``; squares are elementwise):
+
+* ``mode="per_sample"`` (exact empirical Fisher, Kirkpatrick et al. 2017 EWC eq. 3 / Foster et al. 2024 SSD eq. 1):
+  ``F = (1/N) sum_i (d l_i / d theta)^2``.
+* ``mode="batch"``: ``(1/n_b) sum_b (d/dtheta mean_{i in b} l_i)^2`` -- what the SSD reference code and Avalanche's
+  EWC compute (squared batch-mean gradient, averaged over batches). Its scale depends on the batch size; SSD's
+  published alpha/lambda are calibrated to it.
+* ``labels="true"`` uses the dataset labels (empirical Fisher); ``labels="sampled"`` draws ``y_i ~ p(. | x_i)`` from
+  the model's predictive distribution with ``generator`` (the true Fisher, Martens 2020 sec. 11).
+
+Backends: ``reference`` = torch.func per-sample gradients (``kernels.fisher_reference``); ``fast`` = captured
+activations and output gradients with exact per-layer rules (``kernels.fisher_fast``, ``kernels.fisher_rules``), the
+torch.func reference for parameters no rule covers; ``auto`` = fast, with the fused Triton kernels
+(``kernels.fisher_triton``) for Linear layers on CUDA float tensors; ``triton`` = fast with the Triton kernels forced
+(CPU tensors need ``TRITON_INTERPRET=1``; for tests).
+
+The model is evaluated in eval mode (dropout off, BatchNorm on running statistics, so that per-sample gradients are
+defined); every submodule's train/eval flag is restored afterwards, and no parameter's ``.grad`` is touched.
+Under torch.distributed (``distributed=None`` detects it) each rank passes its own shard; sums and counts are
+all-reduced once (``kernels.fisher_dist``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from fnmatch import fnmatch
+
+import torch
+from torch import Tensor, nn
+
+from kernels.fisher_rules import SqSum, seq_sqsum_torch, vec_sqsum_torch
+
+MODES = ("per_sample", "batch")
+LABELS = ("true", "sampled")
+BACKENDS = ("auto", "reference", "fast", "triton")
+LOSSES = ("ce",)
+
+
+@dataclass
+class FisherResult:
+    """``diag[name]`` is shaped like the parameter; ``n_samples`` counts samples over all ranks."""
+
+    diag: dict[str, Tensor]
+    n_samples: int
+    mode: str
+    labels: str = "true"
+    n_batches: int = 0
+
+
+def _check(key: str, value: object, allowed: Sequence[object]) -> None:
+    if value not in allowed:
+        raise ValueError(f"fisher_diagonal: {key}={value!r} is not one of {list(allowed)}")
+
+
+def _positive(key: str, value: int | None) -> None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise ValueError(f"fisher_diagonal: {key}={value!r} must be a positive int or None")
+
+
+def select_parameters(model: nn.Module, layers: Sequence[str] | None) -> list[str]:
+    """Names of trainable parameters matching ``layers`` (name prefixes at a '.' boundary, or fnmatch patterns)."""
+    if isinstance(layers, str):
+        layers = [layers]
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    if layers is not None:
+        names = [n for n in names if any(n == pat or n.startswith(pat + ".") or fnmatch(n, pat) for pat in layers)]
+    if not names:
+        raise ValueError(f"fisher_diagonal: layers={layers!r} selects no parameter with requires_grad")
+    return names
+
+
+def _sqsum_kernels(backend: str, device: torch.device) -> tuple[SqSum, SqSum]:
+    if backend == "triton" or (backend == "auto" and device.type == "cuda"):
+        try:
+            from kernels import fisher_triton
+        except ImportError:
+            if backend == "triton":
+                raise
+            return seq_sqsum_torch, vec_sqsum_torch
+        return fisher_triton.seq_sqsum, fisher_triton.vec_sqsum
+    return seq_sqsum_torch, vec_sqsum_torch
+
+
+def fisher_diagonal(
+    model: nn.Module,
+    data: Iterable,
+    *,
+    mode: str = "per_sample",
+    labels: str = "true",
+    chunk: int | None = None,
+    layers: Sequence[str] | None = None,
+    forward_fn: Callable[[Tensor], Tensor] | None = None,
+    loss: str = "ce",
+    max_batches: int | None = None,
+    backend: str = "auto",
+    generator: torch.Generator | None = None,
+    distributed: bool | None = None,
+) -> FisherResult:
+    """Fisher diagonal of ``model`` over ``data`` (batches ``(x, y, *rest)``); see the module docstring."""
+    _check("mode", mode, MODES)
+    _check("labels", labels, LABELS)
+    _check("backend", backend, BACKENDS)
+    _check("loss", loss, LOSSES)
+    _positive("chunk", chunk)
+    _positive("max_batches", max_batches)
+    from kernels import fisher_dist, fisher_fast, fisher_reference
+
+    names = select_parameters(model, layers)
+    params = dict(model.named_parameters())
+    device = params[names[0]].device
+    sums = {n: torch.zeros_like(params[n], dtype=torch.promote_types(params[n].dtype, torch.float32)) for n in names}
+    n_samples = n_batches = 0
+    seq, vec = _sqsum_kernels(backend, device)
+    plan = fisher_fast.make_plan(model, names) if mode == "per_sample" and backend != "reference" else None
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        for bi, batch in enumerate(data):
+            if max_batches is not None and bi >= max_batches:
+                break
+            if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+                raise ValueError("fisher_diagonal: each batch must be (x, y, *rest); got " + type(batch).__name__)
+            x, y = batch[0].to(device), batch[1].to(device)
+            if x.shape[0] == 0:
+                continue
+            if labels == "sampled" and plan is None:
+                with torch.no_grad():
+                    y = fisher_reference.sample_labels(model(x) if forward_fn is None else forward_fn(x), generator)
+            if mode == "batch":
+                with torch.enable_grad():
+                    part = fisher_reference.batch_sqgrad(model, forward_fn, x, y, names)
+            elif plan is None:
+                part = fisher_reference.per_sample_sqsum(model, forward_fn, x, y, names, chunk)
+            else:
+                part = _fast_part(
+                    plan, model, forward_fn, x, y if labels == "true" else None, generator, chunk, seq, vec
+                )
+            for n, v in part.items():
+                sums[n].add_(v.to(sums[n].dtype))
+            n_samples += x.shape[0]
+            n_batches += 1
+    finally:
+        for m, flag in flags:
+            m.train(flag)
+    if fisher_dist.is_distributed(distributed):
+        sums, (n_samples, n_batches) = fisher_dist.all_reduce_sums(sums, [n_samples, n_batches])
+    if n_samples == 0:
+        raise ValueError("fisher_diagonal: data yielded no samples (check data / max_batches)")
+    denom = n_samples if mode == "per_sample" else n_batches
+    return FisherResult({n: s / denom for n, s in sums.items()}, n_samples, mode, labels, n_batches)
+
+
+def _fast_part(plan, model, forward_fn, x, y, generator, chunk, seq, vec) -> dict[str, Tensor]:  # noqa: ANN001
+    from kernels import fisher_fast, fisher_reference
+
+    part, y, failed = fisher_fast.fast_batch(plan, model, forward_fn, x, y, generator, chunk, seq, vec)
+    if plan.broadcast and not plan.checked_broadcast:
+        plan.checked_broadcast = True
+        names = [full for _, _, full in plan.broadcast]
+        ref = fisher_reference.per_sample_sqsum(model, forward_fn, x[:2], y[:2], names, chunk)
+        for _, _, full in list(plan.broadcast):
+            if not torch.allclose(plan.check_values[full].to(ref[full].dtype), ref[full], rtol=1e-3, atol=1e-12):
+                plan.broadcast = [b for b in plan.broadcast if b[2] != full]
+                plan.fallback.append(full)
+                failed.append(full)
+                part.pop(full, None)
+    for full in failed:
+        if full not in plan.fallback:
+            plan.fallback.append(full)
+    for mname, owner in list(plan.owners.items()):  # stop capturing what the reference now covers
+        owner.local = {lc: full for lc, full in owner.local.items() if full not in plan.fallback}
+        if not owner.local:
+            del plan.owners[mname]
+    todo = sorted(set(plan.fallback) | set(failed))
+    if todo:
+        part.update(fisher_reference.per_sample_sqsum(model, forward_fn, x, y, todo, chunk))
+    return part

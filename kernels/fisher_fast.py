@@ -1,0 +1,224 @@
+"""Fast exact Fisher diagonal: one forward and one input-gradient backward per batch, per-layer rules on the captured
+activations and output gradients (see ``kernels.fisher_rules`` for the equations).
+
+Mechanics of one batch (``fast_batch``):
+
+1. Forward hooks on the modules owning selected parameters record the module input and output; a tensor hook on the
+   output (registered before any in-place op, so it receives the gradient of the pre-in-place value) receives
+   ``g = d(sum_i l_i)/dy``; as soon as all calls of a module have their gradient, the rule runs inside the backward
+   and the captured tensors are released (peak memory close to a training pass).
+2. ``torch.autograd.grad(sum_i l_i, drivers)`` with the drivers being layer outputs (or inputs), never parameters,
+   so no weight gradient is computed and ``.grad`` is untouched.
+3. Parameters that broadcast over the batch (leading dim 1, e.g. ViT ``cls_token`` / ``pos_embed``) are replaced for
+   the forward by a batch-expanded leaf ``P (B, ...)``; ``dL/dP_i`` is then exactly sample i's gradient. The rule is
+   checked once against the reference on two samples and dropped if it disagrees.
+4. Parameters of other modules called with a single tensor get per-sample vector-Jacobian products of that module
+   alone (torch.func); anything else (shared parameters, modules whose forward never runs, multi-input modules) is
+   returned as ``fallback`` for the whole-model torch.func reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kernels.fisher_reference import sample_labels
+from kernels.fisher_rules import SqSum, chunk_size, rule_for
+
+
+@dataclass
+class _Owner:
+    module: nn.Module
+    local: dict[str, str]  # local parameter name -> full name
+    rule: Callable[..., dict[str, Tensor] | None] | None  # None: module-level vjp
+    calls: list[list] = field(default_factory=list)  # [input, output, in_version, out_version, grad]
+    done: bool = False
+
+
+@dataclass
+class FastPlan:
+    owners: dict[str, _Owner]
+    broadcast: list[tuple[nn.Module, str, str]]
+    fallback: list[str]
+    clone: set[str] = field(default_factory=set)
+    checked_broadcast: bool = False
+    check_values: dict[str, Tensor] = field(default_factory=dict)  # first two samples' sums, for the one-time check
+
+
+def make_plan(model: nn.Module, names: list[str]) -> FastPlan:
+    """Sort the selected parameters into rule / module-vjp / broadcast / fallback."""
+    holders: dict[int, list[tuple[str, nn.Module, str]]] = {}
+    for mname, mod in model.named_modules(remove_duplicate=False):
+        for local, p in mod._parameters.items():
+            if p is not None:
+                holders.setdefault(id(p), []).append((mname, mod, local))
+    params = dict(model.named_parameters())
+    plan = FastPlan(owners={}, broadcast=[], fallback=[])
+    for full in names:
+        owners = {(mn, lc) for mn, _, lc in holders[id(params[full])]}
+        if len(owners) != 1:
+            plan.fallback.append(full)  # tied weights: used by several modules
+            continue
+        mname, mod, local = holders[id(params[full])][0]
+        rule = rule_for(mod)
+        if rule is not None and local in ("weight", "bias"):
+            plan.owners.setdefault(mname, _Owner(mod, {}, rule)).local[local] = full
+        elif params[full].dim() >= 2 and params[full].shape[0] == 1 and rule is None:
+            plan.broadcast.append((mod, local, full))
+        elif rule is None:
+            plan.owners.setdefault(mname, _Owner(mod, {}, None)).local[local] = full
+        else:
+            plan.fallback.append(full)
+    return plan
+
+
+def _module_vjp_sqsum(owner: _Owner, chunk: int | None) -> dict[str, Tensor]:
+    """sum_i (sum_calls vjp_i)^2 for a module's direct parameters, per sample with torch.func."""
+    from torch.func import functional_call, vjp, vmap
+
+    mod = owner.module
+    params = {lc: mod._parameters[lc].detach() for lc in owner.local}
+    calls = [(c[0].detach(), c[4]) for c in owner.calls if c[4] is not None]
+    b = calls[0][0].shape[0]
+
+    def one(xi: Tensor, gi: Tensor) -> dict[str, Tensor]:
+        _, pull = vjp(lambda p: functional_call(mod, p, (xi.unsqueeze(0),)), params)
+        return pull(gi.unsqueeze(0))[0]
+
+    out = {lc: torch.zeros_like(p) for lc, p in params.items()}
+    c = chunk_size(b, sum(p.numel() for p in params.values()), chunk)
+    for s in range(0, b, c):
+        tot: dict[str, Tensor] = {}
+        for xc, gc in calls:
+            part = vmap(one)(xc[s : s + c], gc[s : s + c])
+            tot = part if not tot else {k: tot[k] + part[k] for k in tot}
+        for k in out:
+            out[k].add_(tot[k].square().sum(0))
+    return out
+
+
+def fast_batch(
+    plan: FastPlan,
+    model: nn.Module,
+    forward_fn: Callable[[Tensor], Tensor] | None,
+    x: Tensor,
+    y: Tensor | None,
+    generator: torch.Generator | None,
+    chunk: int | None,
+    seq: SqSum,
+    vec: SqSum,
+) -> tuple[dict[str, Tensor], Tensor, list[str]]:
+    """Per-batch sums of squared per-sample gradients; returns (sums, labels used, names left to the reference)."""
+    for _ in range(3):
+        result = _attempt(plan, model, forward_fn, x, y, generator, chunk, seq, vec)
+        if isinstance(result, tuple):
+            return result
+        y = result  # retry with cloned captures and the labels already drawn
+    raise RuntimeError("fisher_diagonal: in-place operations defeat activation capture; use backend='reference'")
+
+
+def _attempt(plan, model, forward_fn, x, y, generator, chunk, seq, vec):  # noqa: ANN001, ANN202
+    sums: dict[str, Tensor] = {}
+    failed: list[str] = []
+    handles = []
+    subs: list[tuple[nn.Module, str, Tensor, Tensor]] = []
+
+    def run_rule(owner: _Owner) -> None:
+        calls = [c for c in owner.calls if c[4] is not None]
+        owner.done = True
+        if calls:
+            with torch.no_grad():
+                res = owner.rule(
+                    owner.module, [c[0] for c in calls], [c[4] for c in calls], set(owner.local), chunk, seq, vec
+                )
+            if res is None:
+                failed.extend(owner.local.values())
+            else:
+                for lc, v in res.items():
+                    sums[owner.local[lc]] = v
+        owner.calls.clear()
+
+    def fwd_hook(mname: str, owner: _Owner) -> Callable:
+        def hook(mod: nn.Module, args: tuple, kwargs: dict, out: object) -> object:
+            if len(args) != 1 or kwargs or not isinstance(args[0], Tensor) or not isinstance(out, Tensor):
+                owner.calls.append([None, None, 0, 0, None])  # unsupported call pattern
+                return None
+            rec = [args[0], out, args[0]._version, out._version, None]
+            owner.calls.append(rec)
+            if out.requires_grad:
+
+                def grad_hook(g: Tensor, rec: list = rec) -> None:
+                    rec[4] = g
+                    if owner.rule is not None and all(c[4] is not None for c in owner.calls):
+                        run_rule(owner)
+
+                out.register_hook(grad_hook)
+            return out.clone() if mname in plan.clone else None
+
+        return hook
+
+    try:
+        for mname, owner in plan.owners.items():
+            owner.calls.clear()
+            owner.done = False
+            handles.append(owner.module.register_forward_hook(fwd_hook(mname, owner), with_kwargs=True))
+        for mod, local, _full in plan.broadcast:
+            p = mod._parameters[local]
+            sub = p.detach().expand(x.shape[0], *p.shape[1:]).clone().requires_grad_(True)
+            mod._parameters[local] = sub
+            subs.append((mod, local, p, sub))
+        with torch.enable_grad():
+            logits = model(x) if forward_fn is None else forward_fn(x)
+            if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
+                raise ValueError(f"fisher_diagonal: forward_fn must return logits (B, C); got {tuple(logits.shape)}")
+            if y is None:
+                y = sample_labels(logits, generator)
+            loss = F.cross_entropy(logits, y, reduction="sum")
+        drivers: list[Tensor] = [s[3] for s in subs]
+        retry = False
+        for mname, owner in plan.owners.items():
+            for rec in owner.calls:
+                if rec[0] is None:
+                    continue
+                if rec[0]._version != rec[2]:
+                    retry = True  # module input changed in place
+                elif rec[1]._version == rec[3]:
+                    if rec[1].requires_grad:
+                        drivers.append(rec[1])
+                elif rec[0].requires_grad:
+                    drivers.append(rec[0])
+                else:
+                    retry = True
+                if retry:
+                    plan.clone.add(mname)
+        if retry:
+            return y
+        grads = torch.autograd.grad(loss, drivers, allow_unused=True) if drivers else []
+    finally:
+        for h in handles:
+            h.remove()
+        for mod, local, p, _ in subs:
+            mod._parameters[local] = p
+    for (_, _, full), (_, _, p, _), g in zip(plan.broadcast, subs, grads[: len(subs)]):
+        sums[full] = torch.zeros_like(p) if g is None else g.square().sum(0, keepdim=True)
+        if not plan.checked_broadcast:
+            plan.check_values[full] = torch.zeros_like(p) if g is None else g[:2].square().sum(0, keepdim=True)
+    for owner in plan.owners.values():
+        if any(c[0] is None for c in owner.calls) or (not owner.done and not owner.calls and owner.rule is not None):
+            failed.extend(owner.local.values())  # forward never ran (parameters used elsewhere) or odd call
+        elif owner.rule is not None and not owner.done:
+            run_rule(owner)
+        elif owner.rule is None and owner.calls:
+            if all(c[4] is None for c in owner.calls):
+                vals = {lc: torch.zeros_like(owner.module._parameters[lc]) for lc in owner.local}
+            else:
+                vals = _module_vjp_sqsum(owner, chunk)
+            sums.update({owner.local[lc]: v for lc, v in vals.items()})
+        elif owner.rule is None:
+            failed.extend(owner.local.values())
+        owner.calls.clear()
+    return sums, y, failed

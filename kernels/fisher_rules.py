@@ -1,0 +1,286 @@
+"""Exact per-layer rules for the diagonal of the empirical Fisher from captured activations and output gradients.
+
+Notation: for sample i, ``x_i`` is a layer's input and ``g_i = d l_i / d y_i`` the gradient of that sample's loss
+``l_i = -log p(y_i | x_i)`` with respect to the layer's output (obtained for all samples at once by back-propagating
+``sum_i l_i``: in eval mode sample i's loss depends only on sample i's activations). Every rule returns
+``sum_i (d l_i / d theta)^2`` for each parameter; the caller divides by N.
+
+* Linear on vectors, ``y = W x + b``: ``dl_i/dW = g_i x_i^T``, so ``(dl_i/dW)^2 = (g_i * g_i)(x_i * x_i)^T`` and
+  ``sum_i (dl_i/dW)^2 = (G * G)^T (X * X)`` -- one matmul of squared activations, no per-sample gradient
+  (the "sum-of-squares identity"); bias: ``sum_i g_i^2``.
+* Linear on token sequences ``x_i in R^{T x d}``: ``dl_i/dW = sum_t g_it x_it^T = G_i^T X_i``; formed for a chunk of
+  samples with one bmm and squared (or fused in Triton, see ``kernels.fisher_triton``); bias ``(sum_t g_it)^2``.
+  A layer called several times in one forward is the same with the calls concatenated along t.
+* Conv2d: ``y = W * x`` is a Linear on the unfolded patches ``U_i = unfold(x_i) in R^{C k_h k_w x L}``:
+  ``dl_i/dW = G_i U_i^T`` (per group), ``G_i in R^{C_out x L}``; bias ``(sum_l g_il)^2``.
+* LayerNorm / RMSNorm / GroupNorm / BatchNorm in eval mode: ``y = xhat * w + b`` with ``xhat`` recomputed from the
+  captured input (BatchNorm uses its running statistics, so samples are independent):
+  ``dl_i/dw = sum_t g_it * xhat_it`` (summed over tokens / spatial positions), ``dl_i/db = sum_t g_it``.
+* Embedding: ``dl_i/dE[r] = sum_{t: idx_it = r} g_it``: gradients are summed per (sample, row) with a scatter over the
+  unique (sample, row) pairs, squared, then scattered into the row table (``padding_idx`` rows get zero).
+
+Every rule takes lists of inputs and output gradients (one entry per call of the module in the forward) and returns
+``None`` when it cannot treat the call pattern (the caller then falls back to the torch.func reference).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+DEFAULT_BUDGET = 1 << 22  # elements of per-sample temporaries allowed at once when `chunk` is not given
+
+SqSum = Callable[[Tensor, Tensor, int | None], Tensor]
+
+
+def chunk_size(batch: int, per_sample: int, chunk: int | None) -> int:
+    """Samples per block: the caller's ``chunk`` or as many as fit in ``DEFAULT_BUDGET`` elements."""
+    if chunk is not None:
+        return max(1, min(batch, chunk))
+    return max(1, min(batch, DEFAULT_BUDGET // max(1, per_sample)))
+
+
+GROUPED_MIN_POSITIONS = 256  # conv outputs with this many positions use the grouped-convolution form on CPU
+CACHE_BLOCK = 1 << 16  # elements of one per-sample gradient block kept cache-resident while it is squared
+
+
+def seq_sqsum_torch(g: Tensor, x: Tensor, chunk: int | None) -> Tensor:
+    """``sum_b (g_b^T x_b)^2`` for g (B, T, O), x (B, T, K) -> (O, K), never materialising all per-sample gradients.
+
+    Small ``O x K``: one bmm per chunk of samples, squared and summed. Large ``O x K`` (memory-bound: the per-sample
+    gradient is written once per sample): per sample and per block of output rows, so that each block is squared and
+    accumulated (addcmul) while still in cache.
+    """
+    b, _, o = g.shape
+    k = x.shape[2]
+    out = torch.zeros(o, k, dtype=g.dtype, device=g.device)
+    if o * k <= CACHE_BLOCK or g.device.type != "cpu":
+        c = chunk_size(b, o * k, chunk)
+        for s in range(0, b, c):
+            p = torch.bmm(g[s : s + c].transpose(1, 2), x[s : s + c])
+            out.add_(p.square_().sum(0))
+        return out
+    ob = max(8, CACHE_BLOCK // k)
+    for i in range(b):
+        gi, xi = g[i].t(), x[i]
+        for s in range(0, o, ob):
+            p = gi[s : s + ob] @ xi
+            out[s : s + ob].addcmul_(p, p)
+    return out
+
+
+def vec_sqsum_torch(g: Tensor, x: Tensor, chunk: int | None = None) -> Tensor:
+    """``sum_b (g_b * g_b)(x_b * x_b)^T`` for g (B, O), x (B, K) -> (O, K)."""
+    return g.square().t() @ x.square()
+
+
+def _tokens(ts: list[Tensor], feat_dims: int) -> Tensor | None:
+    """Concatenate calls as (B, T, *feat) with every leading non-batch dim flattened into T."""
+    if len({t.shape[0] for t in ts}) != 1 or len({t.shape[t.dim() - feat_dims :] for t in ts}) != 1:
+        return None
+    b = ts[0].shape[0]
+    feats = ts[0].shape[ts[0].dim() - feat_dims :]
+    return torch.cat([t.reshape(b, -1, *feats) for t in ts], dim=1)
+
+
+def linear_rule(
+    mod: nn.Linear, xs: list[Tensor], gs: list[Tensor], want: set[str], chunk: int | None, seq: SqSum, vec: SqSum
+) -> dict[str, Tensor] | None:
+    out: dict[str, Tensor] = {}
+    if len(xs) == 1 and xs[0].dim() == 2:
+        x, g = xs[0], gs[0]
+        if "weight" in want:
+            out["weight"] = vec(g, x, chunk)
+        if "bias" in want:
+            out["bias"] = g.square().sum(0)
+        return out
+    x, g = _tokens(xs, 1), _tokens(gs, 1)
+    if x is None or g is None:
+        return None
+    if "weight" in want:
+        out["weight"] = seq(g, x, chunk)
+    if "bias" in want:
+        out["bias"] = g.sum(1).square().sum(0)
+    return out
+
+
+def _conv_padding(mod: nn.Conv2d, x: Tensor) -> Tensor:
+    """Pad explicitly (any padding_mode, 'same'/'valid'), so that unfold runs with padding 0."""
+    if isinstance(mod.padding, str):
+        if mod.padding == "valid":
+            return x
+        pads: list[int] = []
+        for d, k in zip(reversed(mod.dilation), reversed(mod.kernel_size)):
+            total = d * (k - 1)
+            pads += [total // 2, total - total // 2]
+    else:
+        pads = [p for p in reversed(mod.padding) for _ in range(2)]
+    if not any(pads):
+        return x
+    mode = "constant" if mod.padding_mode == "zeros" else mod.padding_mode
+    return F.pad(x, pads, mode=mode)
+
+
+def conv2d_rule(
+    mod: nn.Conv2d, xs: list[Tensor], gs: list[Tensor], want: set[str], chunk: int | None, seq: SqSum, vec: SqSum
+) -> dict[str, Tensor] | None:
+    if any(x.dim() != 4 for x in xs) or len({x.shape[0] for x in xs}) != 1:
+        return None
+    b = xs[0].shape[0]
+    out: dict[str, Tensor] = {}
+    flat = [g.reshape(b, g.shape[1], -1) for g in gs]
+    grads = flat[0] if len(flat) == 1 else torch.cat(flat, dim=2)  # (B, C_out, L)
+    if "bias" in want:
+        out["bias"] = grads.sum(2).square().sum(0)
+    if "weight" not in want:
+        return out
+    groups, c_out = mod.groups, mod.out_channels
+    k = mod.weight[0].numel()  # (C_in / groups) * kh * kw
+    l_total = grads.shape[2]
+    if l_total >= GROUPED_MIN_POSITIONS and grads.device.type == "cpu":
+        out["weight"] = _conv_weight_grouped(mod, xs, gs, chunk)
+        return out
+    acc = torch.zeros(c_out, k, dtype=grads.dtype, device=grads.device)
+    c = chunk_size(b, k * l_total * groups, chunk)
+    for s in range(0, b, c):
+        cols_list = [
+            F.unfold(_conv_padding(mod, x[s : s + c]), mod.kernel_size, mod.dilation, 0, mod.stride) for x in xs
+        ]
+        cols = cols_list[0] if len(cols_list) == 1 else torch.cat(cols_list, dim=2)  # (c, C_in kh kw, L)
+        gc = grads[s : s + c]
+        if groups == 1:
+            acc.add_(seq(gc.transpose(1, 2), cols.transpose(1, 2), None))
+        else:
+            n = gc.shape[0]
+            cg = cols.reshape(n, groups, k, l_total)
+            gg = gc.reshape(n, groups, c_out // groups, l_total)
+            acc.add_(torch.einsum("bgol,bgkl->bgok", gg, cg).square_().sum(0).reshape(c_out, k))
+    out["weight"] = acc.reshape(mod.weight.shape)
+    return out
+
+
+def _conv_weight_grouped(mod: nn.Conv2d, xs: list[Tensor], gs: list[Tensor], chunk: int | None) -> Tensor:
+    """Per-sample conv weight gradients for a chunk of c samples as ONE convolution weight-gradient with the samples
+    stacked as c * groups groups (the backend's own conv kernels, no explicit unfold); squared and summed."""
+    b, c_out = xs[0].shape[0], mod.out_channels
+    wshape = mod.weight.shape
+    acc = torch.zeros(wshape, dtype=gs[0].dtype, device=gs[0].device)
+    c = chunk_size(b, mod.weight.numel(), chunk)
+    for s in range(0, b, c):
+        total = None
+        for x, g in zip(xs, gs):
+            xp = _conv_padding(mod, x[s : s + c])
+            n = xp.shape[0]
+            w = torch.empty((n * c_out, *wshape[1:]), dtype=g.dtype, device=g.device)
+            gw = torch.ops.aten.convolution_backward(
+                g[s : s + c].reshape(1, n * c_out, *g.shape[2:]),
+                xp.reshape(1, -1, *xp.shape[2:]),
+                w,
+                None,
+                list(mod.stride),
+                [0, 0],
+                list(mod.dilation),
+                False,
+                [0, 0],
+                n * mod.groups,
+                [False, True, False],
+            )[1].reshape(n, *wshape)
+            total = gw if total is None else total + gw
+        acc.add_(total.square_().sum(0))
+    return acc
+
+
+def _affine_rule(xhat: Tensor, g: Tensor, want: set[str], shape: torch.Size) -> dict[str, Tensor]:
+    """xhat and g shaped (B, T, *shape): per-sample sums over T, squared, summed over B."""
+    out: dict[str, Tensor] = {}
+    if "weight" in want:
+        out["weight"] = (g * xhat).sum(1).square().sum(0).reshape(shape)
+    if "bias" in want:
+        out["bias"] = g.sum(1).square().sum(0).reshape(shape)
+    return out
+
+
+def layernorm_rule(mod: nn.Module, xs: list[Tensor], gs: list[Tensor], want: set[str], *_: object) -> dict | None:
+    shape = tuple(mod.normalized_shape)
+    if isinstance(mod, nn.RMSNorm):
+        eps = mod.eps if mod.eps is not None else torch.finfo(xs[0].dtype).eps
+        xhats = [F.rms_norm(x, shape, None, eps) for x in xs]
+    else:
+        xhats = [F.layer_norm(x, shape, None, None, mod.eps) for x in xs]
+    xhat, g = _tokens(xhats, len(shape)), _tokens(gs, len(shape))
+    if xhat is None or g is None:
+        return None
+    return _affine_rule(xhat, g, want, torch.Size(shape))
+
+
+def _channels_last_tokens(ts: list[Tensor]) -> Tensor | None:
+    """(B, C, *spatial) calls -> (B, T, C)."""
+    if len({(t.shape[0], t.shape[1]) for t in ts}) != 1:
+        return None
+    return torch.cat([t.reshape(t.shape[0], t.shape[1], -1) for t in ts], dim=2).transpose(1, 2)
+
+
+def batchnorm_rule(mod: nn.Module, xs: list[Tensor], gs: list[Tensor], want: set[str], *_: object) -> dict | None:
+    if mod.training or mod.running_mean is None or mod.running_var is None:
+        return None  # batch statistics couple the samples: no per-sample rule
+    c = mod.num_features
+    view = (1, c) + (1,) * (xs[0].dim() - 2)
+    mean = mod.running_mean.to(xs[0].dtype).reshape(view)
+    inv = torch.rsqrt(mod.running_var.to(xs[0].dtype) + mod.eps).reshape(view)
+    xhat = _channels_last_tokens([(x - mean) * inv for x in xs])
+    g = _channels_last_tokens(gs)
+    if xhat is None or g is None:
+        return None
+    return _affine_rule(xhat, g, want, torch.Size([c]))
+
+
+def groupnorm_rule(mod: nn.GroupNorm, xs: list[Tensor], gs: list[Tensor], want: set[str], *_: object) -> dict | None:
+    xhat = _channels_last_tokens([F.group_norm(x, mod.num_groups, None, None, mod.eps) for x in xs])
+    g = _channels_last_tokens(gs)
+    if xhat is None or g is None:
+        return None
+    return _affine_rule(xhat, g, want, torch.Size([mod.num_channels]))
+
+
+def embedding_rule(mod: nn.Embedding, xs: list[Tensor], gs: list[Tensor], want: set[str], *_: object) -> dict | None:
+    if mod.scale_grad_by_freq or "weight" not in want or len({x.shape[0] for x in xs}) != 1:
+        return None
+    b, n_rows, dim = xs[0].shape[0], mod.num_embeddings, mod.embedding_dim
+    idx = torch.cat([x.reshape(b, -1) for x in xs], dim=1)
+    g = torch.cat([t.reshape(b, -1, dim) for t in gs], dim=1).reshape(-1, dim)
+    keys = (torch.arange(b, device=idx.device).unsqueeze(1) * n_rows + idx).reshape(-1)
+    if mod.padding_idx is not None:
+        keep = idx.reshape(-1) != mod.padding_idx
+        keys, g = keys[keep], g[keep]
+    uniq, inv = torch.unique(keys, return_inverse=True)
+    per_pair = torch.zeros(uniq.numel(), dim, dtype=g.dtype, device=g.device).index_add_(0, inv, g)
+    acc = torch.zeros(n_rows, dim, dtype=g.dtype, device=g.device)
+    return {"weight": acc.index_add_(0, uniq % n_rows, per_pair.square_())}
+
+
+_TIMM_LAYERNORM = {"timm.layers.norm.LayerNorm"}
+
+
+def rule_for(mod: nn.Module) -> Callable[..., dict[str, Tensor] | None] | None:
+    """The exact rule for a module whose forward is the plain torch one, else None (reference fallback)."""
+    t = type(mod)
+    name = f"{t.__module__}.{t.__qualname__}"
+    table: list[tuple[type[nn.Module], Callable[..., dict[str, Tensor] | None]]] = [
+        (nn.Linear, linear_rule),
+        (nn.Conv2d, conv2d_rule),
+        (nn.LayerNorm, layernorm_rule),
+        (nn.RMSNorm, layernorm_rule),
+        (nn.GroupNorm, groupnorm_rule),
+        (nn.modules.batchnorm._BatchNorm, batchnorm_rule),
+        (nn.Embedding, embedding_rule),
+    ]
+    for base, rule in table:
+        if isinstance(mod, base) and (t.forward is base.forward or name in _TIMM_LAYERNORM):
+            return rule
+    return None
+
+
+__all__ = ["DEFAULT_BUDGET", "chunk_size", "rule_for", "seq_sqsum_torch", "vec_sqsum_torch"]
