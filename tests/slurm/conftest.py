@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from slurm_testlib import SCRIPT, free_port, run
+
+from tests.slurm.slurm_testlib import SCRIPT, free_port, run
 
 
 def cluster_env(state_dir: Path) -> dict[str, str]:

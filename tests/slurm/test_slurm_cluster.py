@@ -9,8 +9,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import cluster_env
-from slurm_testlib import SCRIPT, daemon_pids, pid_alive, run, wait_for
+
+from tests.slurm.conftest import cluster_env
+from tests.slurm.slurm_testlib import SCRIPT, daemon_pids, pid_alive, run, wait_for
 
 pytestmark = pytest.mark.slurm
 

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from slurm_testlib import PYTHON, release, run, squeue, wait_for, write_app
+
+from tests.slurm.slurm_testlib import PYTHON, release, run, squeue, wait_for, write_app
 
 pytestmark = pytest.mark.slurm
 
