@@ -48,6 +48,7 @@ class FisherResult:
     mode: str
     labels: str = "true"
     n_batches: int = 0
+    fallback: tuple[str, ...] = ()  # parameters the fast backend left to the torch.func reference
 
 
 def _check(key: str, value: object, allowed: Sequence[object]) -> None:
@@ -150,7 +151,8 @@ def fisher_diagonal(
     if n_samples == 0:
         raise ValueError("fisher_diagonal: data yielded no samples (check data / max_batches)")
     denom = n_samples if mode == "per_sample" else n_batches
-    return FisherResult({n: s / denom for n, s in sums.items()}, n_samples, mode, labels, n_batches)
+    fallback = tuple(sorted(plan.fallback)) if plan is not None else ()
+    return FisherResult({n: s / denom for n, s in sums.items()}, n_samples, mode, labels, n_batches, fallback)
 
 
 def _fast_part(plan, model, forward_fn, x, y, generator, chunk, seq, vec) -> dict[str, Tensor]:  # noqa: ANN001
