@@ -83,10 +83,23 @@ def _prepare_resume(cfg: DictConfig, run_dir: Path) -> tuple[DictConfig, dict[st
     return cfg, payload  # a requeued job re-launched into its own run directory continues where it stopped
 
 
+def _check_processes(cfg: DictConfig) -> None:
+    """Multi-process (DDP) settings the engine cannot run are refused before training (cl/engine/distributed.py)."""
+    from hydra.types import RunMode
+
+    from cl.engine.distributed import check_distributed_config
+
+    try:
+        check_distributed_config(cfg, multirun=HydraConfig.get().mode == RunMode.MULTIRUN)
+    except ValueError as err:
+        raise ConfigurationError(str(err)) from err
+
+
 def run_experiment(cfg: DictConfig) -> dict[str, Any]:
     """Run (or resume) the experiment described by ``cfg`` in Hydra's output directory; returns the metrics."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     cfg, payload = _prepare_resume(cfg, run_dir)
+    _check_processes(cfg)
     stream, method = build(cfg)
 
     from cl.engine.checkpoint import CheckpointError, load_method_state

@@ -4,6 +4,11 @@
     python -m cl.run experiment=NAME key=value ...     # a preset from conf/experiment/ with overrides
     python -m cl.run resume=RUN_DIR                    # continue after the last completed experience
     python -m cl.run -m hydra/launcher=slurm seed=0,1,2
+    python -m cl.run trainer=ddp trainer.devices=4      # multi-GPU DDP (cl/engine/distributed.py)
+
+Preemption: a SIGTERM while training exits with 143 once the completed experiences are checkpointed; running the
+same command into the same run dir resumes. ``+requeue_on_preempt=true`` inside a SLURM job first calls
+``scontrol requeue`` (needed after ``scancel --signal=TERM``; submitit's USR2 path requeues by itself).
 
 Heavy imports (torch, lightning, timm, avalanche) happen inside :func:`main`, so ``--help`` stays fast.
 """
@@ -34,6 +39,10 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(EXIT_CONFIG_ERROR)
     except Preempted as err:
         print(f"preempted: {err}", file=sys.stderr)
+        if cfg.get("requeue_on_preempt", False):  # a SLURM job signalled with `scancel --signal=TERM` goes back
+            from cl.engine.distributed import requeue_slurm_job  # to the queue and resumes in the same run dir
+
+            requeue_slurm_job()
         sys.exit(EXIT_PREEMPTED)
     return metrics.get("avg_acc")
 

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from cl.data.stream import Stream
 from cl.engine.checkpoint import rng_state, save_checkpoint
+from cl.engine.distributed import ShardedEpochSampler, is_global_zero, per_rank_batch_size, world_size_of
 from cl.engine.evaluate import evaluate_stream
 from cl.engine.trainer import build_callbacks, make_trainer
 from cl.metrics import compute_metrics, fwt, write_reports
@@ -48,12 +49,6 @@ def compute_device(trainer_cfg: DictConfig) -> torch.device:
             return torch.device("cuda", torch.cuda.current_device())
         return torch.device("cuda")
     return torch.device("cpu")
-
-
-def is_global_zero() -> bool:
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
-        torch.distributed.get_rank() == 0
-    )
 
 
 class StreamRunner:
@@ -79,15 +74,16 @@ class StreamRunner:
         self.callbacks = build_callbacks(cfg)
 
     # ------------------------------------------------------------------------------------------------ data
-    def train_loader(self, dataset: Dataset, experience: int) -> DataLoader:
+    def train_loader(self, dataset: Dataset, experience: int, world_size: int = 1) -> DataLoader:
+        """Shuffled batches of ``data.batch_size`` (the global batch) split over ``world_size`` processes, in the same
+        order for any number of processes (see cl/engine/distributed.py)."""
         data = self.cfg.data
-        gen = torch.Generator().manual_seed(int(self.cfg.seed) * 1000 + experience)
+        sampler = ShardedEpochSampler(len(dataset), int(self.cfg.seed) * 1_000_000 + experience * 1_000, world_size)
         return DataLoader(
             dataset,
-            batch_size=int(data.batch_size),
-            shuffle=True,
+            batch_size=per_rank_batch_size(int(data.batch_size), world_size),
+            sampler=sampler,
             num_workers=int(data.num_workers),
-            generator=gen,
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
         )
@@ -180,7 +176,7 @@ class StreamRunner:
         trainer = make_trainer(
             self.cfg.trainer, self.cfg.get("logger"), self.run_dir, t, len(self.stream), list(self.callbacks.values())
         )
-        loader = self.train_loader(self.method.train_dataset(exp, self.stream), t)
+        loader = self.train_loader(self.method.train_dataset(exp, self.stream), t, world_size_of(trainer))
         start = time.perf_counter()
         try:
             trainer.fit(self.method, train_dataloaders=loader)

@@ -46,4 +46,7 @@ def make_trainer(
     callbacks = list(extra_callbacks or [])
     if trainer_cfg.get("enable_progress_bar", True):
         callbacks.append(ExperienceProgressBar(experience, num_experiences))
-    return instantiate(trainer_cfg, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
+    # the engine shards the training data itself (cl/engine/distributed.py), identically for any number of processes
+    return instantiate(
+        trainer_cfg, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir), use_distributed_sampler=False
+    )
