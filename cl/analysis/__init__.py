@@ -1,0 +1,1 @@
+"""Analyses of training runs: module sensitivity (which modules forget) and training-cost accounting (FLOPs)."""

@@ -1,0 +1,111 @@
+"""Forgetting Prioritized Finetuning (FPF), Zhao et al., "Does Continual Learning Equally Forget All Parameters?",
+ICML 2023 (arXiv 2304.04158), spec: /work/shared/specs/fpf_kfpf.md.
+
+One FPF call fine-tunes only the selected units P (see :mod:`cl.modules.fpf_select`) on the replay buffer M:
+
+    min_{theta_P}  E_{(x, y, z) ~ M} [ ce_weight * CE(mask(f(x)), y) + kd_beta * || f(x) - z ||_2^2 ]
+
+(``kd_beta = 0``: FPF / k-FPF-CE; ``kd_beta > 0`` with stored logits z: k-FPF-KD, DER-style mean squared error over
+all logits). Design choices (the paper's values are not public; all are config keys):
+
+* plain SGD (``lr``, ``momentum``) for ``iterations`` steps of ``batch_size`` items drawn from the buffer (global RNG,
+  so runs are reproducible under the engine's per-experience seeding);
+* only the selected modules are in train mode: their batch-norm running statistics adapt to the buffer, while every
+  other module is in eval mode, so every parameter *and buffer* outside P is bitwise unchanged;
+* logits are masked like the method's training logits (``train_logit_mask()``: classes seen so far);
+* FLOPs of the fine-tuning (forward + backward) are counted with ``torch.utils.flop_counter`` and returned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cl.modules.buffer import ReservoirBuffer
+from cl.modules.fpf_select import method_units
+
+
+@dataclass
+class FPFResult:
+    """What one FPF call did: FLOPs spent, parameters updated, and the buffer loss before/after."""
+
+    flops: int
+    params_updated: int
+    loss_first: float
+    loss_last: float
+
+
+def fpf_finetune(
+    method: nn.Module,
+    buffer: ReservoirBuffer,
+    units: Sequence[str],
+    *,
+    iterations: int = 50,
+    lr: float = 0.01,
+    momentum: float = 0.0,
+    batch_size: int = 32,
+    ce_weight: float = 1.0,
+    kd_beta: float = 0.0,
+) -> FPFResult:
+    """Fine-tune the units ``units`` of ``method`` on ``buffer`` (see the module docstring)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if iterations < 0 or batch_size < 1 or lr <= 0:
+        raise ValueError(
+            f"fpf.iterations={iterations}, fpf.batch_size={batch_size}, fpf.lr={lr}; need iterations >= 0, "
+            "batch_size >= 1, lr > 0"
+        )
+    if kd_beta > 0 and not buffer.stores_logits:
+        raise ValueError(f"fpf.kd_beta={kd_beta} needs a buffer that stores logits (k_fpf_kd / derpp)")
+    all_units = method_units(method)
+    missing = [u for u in units if u not in all_units]
+    if missing:
+        raise ValueError(f"fpf: unknown modules {missing}")
+    params = [p for u in units for _, p in all_units[u].params]
+    n_params = sum(p.numel() for p in params)
+    if buffer.is_empty() or iterations == 0 or not params:
+        return FPFResult(0, n_params, float("nan"), float("nan"))
+
+    modes = {m: m.training for m in method.modules()}
+    flags = {p: p.requires_grad for p in method.parameters()}
+    modules = dict(method.named_modules())
+    device = next(iter(params)).device
+    losses: list[float] = []
+    try:
+        method.eval()
+        for u in units:
+            owner = modules.get(u) or modules.get(u.rsplit(".", 1)[0] if "." in u else "")
+            if owner is not None and not any(True for _ in owner.children()):
+                owner.train()
+        for p in method.parameters():
+            p.requires_grad_(False)
+        for p in params:
+            p.requires_grad_(True)
+            p.grad = None
+        opt = torch.optim.SGD(params, lr=lr, momentum=momentum)
+        mask = method.train_logit_mask().clone()
+        with FlopCounterMode(display=False) as counter, torch.enable_grad():
+            for _ in range(iterations):
+                s = buffer.sample(batch_size)
+                x, y = s.x.to(device), s.y.to(device)
+                logits = method(x)
+                loss = ce_weight * F.cross_entropy(method.apply_mask(logits, mask), y)
+                if kd_beta > 0:
+                    loss = loss + kd_beta * F.mse_loss(logits, s.logits.to(logits))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(float(loss.detach()))
+        flops = int(counter.get_total_flops())
+    finally:
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+        for p in params:
+            p.grad = None
+        for m, mode in modes.items():
+            m.train(mode)
+    return FPFResult(flops, n_params, losses[0], losses[-1])
