@@ -130,17 +130,17 @@ def fisher_diagonal(
             if labels == "sampled" and plan is None:
                 with torch.no_grad():
                     y = fisher_reference.sample_labels(model(x) if forward_fn is None else forward_fn(x), generator)
-            if mode == "batch":
-                with torch.enable_grad():
-                    part = fisher_reference.batch_sqgrad(model, forward_fn, x, y, names)
-            elif plan is None:
-                part = fisher_reference.per_sample_sqsum(model, forward_fn, x, y, names, chunk)
+            if plan is not None:
+                y_fast = y if labels == "true" else None
+                _fast_part(plan, model, forward_fn, x, y_fast, generator, chunk, seq, vec, sums)
             else:
-                part = _fast_part(
-                    plan, model, forward_fn, x, y if labels == "true" else None, generator, chunk, seq, vec
-                )
-            for n, v in part.items():
-                sums[n].add_(v.to(sums[n].dtype))
+                if mode == "batch":
+                    with torch.enable_grad():
+                        part = fisher_reference.batch_sqgrad(model, forward_fn, x, y, names)
+                else:
+                    part = fisher_reference.per_sample_sqsum(model, forward_fn, x, y, names, chunk)
+                for n, v in part.items():
+                    sums[n].add_(v.to(sums[n].dtype))
             n_samples += x.shape[0]
             n_batches += 1
     finally:
@@ -155,20 +155,22 @@ def fisher_diagonal(
     return FisherResult({n: s / denom for n, s in sums.items()}, n_samples, mode, labels, n_batches, fallback)
 
 
-def _fast_part(plan, model, forward_fn, x, y, generator, chunk, seq, vec) -> dict[str, Tensor]:  # noqa: ANN001
+def _fast_part(plan, model, forward_fn, x, y, generator, chunk, seq, vec, sums) -> None:  # noqa: ANN001
+    """One batch of the fast backend, added into ``sums``; the reference covers what the rules could not."""
     from kernels import fisher_fast, fisher_reference
 
-    part, y, failed = fisher_fast.fast_batch(plan, model, forward_fn, x, y, generator, chunk, seq, vec)
-    if plan.broadcast and not plan.checked_broadcast:
+    y, failed = fisher_fast.fast_batch(plan, model, forward_fn, x, y, generator, chunk, seq, vec, sums)
+    if plan.broadcast and not plan.checked_broadcast:  # one-time check of the broadcast rule on two samples
         plan.checked_broadcast = True
         names = [full for _, _, full in plan.broadcast]
         ref = fisher_reference.per_sample_sqsum(model, forward_fn, x[:2], y[:2], names, chunk)
         for _, _, full in list(plan.broadcast):
-            if not torch.allclose(plan.check_values[full].to(ref[full].dtype), ref[full], rtol=1e-3, atol=1e-12):
+            total, first_two = plan.check_values.pop(full)
+            if torch.allclose(first_two.to(ref[full].dtype), ref[full], rtol=1e-3, atol=1e-12):
+                sums[full].add_(total.to(sums[full].dtype))
+            else:
                 plan.broadcast = [b for b in plan.broadcast if b[2] != full]
-                plan.fallback.append(full)
                 failed.append(full)
-                part.pop(full, None)
     for full in failed:
         if full not in plan.fallback:
             plan.fallback.append(full)
@@ -176,7 +178,6 @@ def _fast_part(plan, model, forward_fn, x, y, generator, chunk, seq, vec) -> dic
         owner.local = {lc: full for lc, full in owner.local.items() if full not in plan.fallback}
         if not owner.local:
             del plan.owners[mname]
-    todo = sorted(set(plan.fallback) | set(failed))
-    if todo:
-        part.update(fisher_reference.per_sample_sqsum(model, forward_fn, x, y, todo, chunk))
-    return part
+    if plan.fallback:
+        for n, v in fisher_reference.per_sample_sqsum(model, forward_fn, x, y, sorted(plan.fallback), chunk).items():
+            sums[n].add_(v.to(sums[n].dtype))

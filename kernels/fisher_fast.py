@@ -46,7 +46,7 @@ class FastPlan:
     fallback: list[str]
     clone: set[str] = field(default_factory=set)
     checked_broadcast: bool = False
-    check_values: dict[str, Tensor] = field(default_factory=dict)  # first two samples' sums, for the one-time check
+    check_values: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)  # (batch sum, first-two sum)
 
 
 def make_plan(model: nn.Module, names: list[str]) -> FastPlan:
@@ -76,7 +76,7 @@ def make_plan(model: nn.Module, names: list[str]) -> FastPlan:
     return plan
 
 
-def _module_vjp_sqsum(owner: _Owner, chunk: int | None) -> dict[str, Tensor]:
+def _module_vjp_sqsum(owner: _Owner, chunk: int | None, acc: dict[str, Tensor]) -> None:
     """sum_i (sum_calls vjp_i)^2 for a module's direct parameters, per sample with torch.func."""
     from torch.func import functional_call, vjp, vmap
 
@@ -89,16 +89,14 @@ def _module_vjp_sqsum(owner: _Owner, chunk: int | None) -> dict[str, Tensor]:
         _, pull = vjp(lambda p: functional_call(mod, p, (xi.unsqueeze(0),)), params)
         return pull(gi.unsqueeze(0))[0]
 
-    out = {lc: torch.zeros_like(p) for lc, p in params.items()}
     c = chunk_size(b, sum(p.numel() for p in params.values()), chunk)
     for s in range(0, b, c):
         tot: dict[str, Tensor] = {}
         for xc, gc in calls:
             part = vmap(one)(xc[s : s + c], gc[s : s + c])
             tot = part if not tot else {k: tot[k] + part[k] for k in tot}
-        for k in out:
-            out[k].add_(tot[k].square().sum(0))
-    return out
+        for lc, full in owner.local.items():
+            acc[full].add_(tot[lc].square().sum(0).to(acc[full].dtype))
 
 
 def fast_batch(
@@ -111,18 +109,20 @@ def fast_batch(
     chunk: int | None,
     seq: SqSum,
     vec: SqSum,
-) -> tuple[dict[str, Tensor], Tensor, list[str]]:
-    """Per-batch sums of squared per-sample gradients; returns (sums, labels used, names left to the reference)."""
+    acc: dict[str, Tensor],
+) -> tuple[Tensor, list[str]]:
+    """Adds this batch's sums of squared per-sample gradients into ``acc`` (full name -> accumulator);
+    returns (labels used, names left to the reference). Broadcast parameters are held in ``plan.check_values``
+    until the caller has checked them once."""
     for _ in range(3):
-        result = _attempt(plan, model, forward_fn, x, y, generator, chunk, seq, vec)
+        result = _attempt(plan, model, forward_fn, x, y, generator, chunk, seq, vec, acc)
         if isinstance(result, tuple):
             return result
         y = result  # retry with cloned captures and the labels already drawn
     raise RuntimeError("fisher_diagonal: in-place operations defeat activation capture; use backend='reference'")
 
 
-def _attempt(plan, model, forward_fn, x, y, generator, chunk, seq, vec):  # noqa: ANN001, ANN202
-    sums: dict[str, Tensor] = {}
+def _attempt(plan, model, forward_fn, x, y, generator, chunk, seq, vec, acc):  # noqa: ANN001, ANN202
     failed: list[str] = []
     handles = []
     subs: list[tuple[nn.Module, str, Tensor, Tensor]] = []
@@ -131,15 +131,11 @@ def _attempt(plan, model, forward_fn, x, y, generator, chunk, seq, vec):  # noqa
         calls = [c for c in owner.calls if c[4] is not None]
         owner.done = True
         if calls:
+            local_acc = {lc: acc[full] for lc, full in owner.local.items()}
             with torch.no_grad():
-                res = owner.rule(
-                    owner.module, [c[0] for c in calls], [c[4] for c in calls], set(owner.local), chunk, seq, vec
-                )
-            if res is None:
+                ok = owner.rule(owner.module, [c[0] for c in calls], [c[4] for c in calls], local_acc, chunk, seq, vec)
+            if not ok:
                 failed.extend(owner.local.values())
-            else:
-                for lc, v in res.items():
-                    sums[owner.local[lc]] = v
         owner.calls.clear()
 
     def fwd_hook(mname: str, owner: _Owner) -> Callable:
@@ -204,21 +200,21 @@ def _attempt(plan, model, forward_fn, x, y, generator, chunk, seq, vec):  # noqa
         for mod, local, p, _ in subs:
             mod._parameters[local] = p
     for (_, _, full), (_, _, p, _), g in zip(plan.broadcast, subs, grads[: len(subs)]):
-        sums[full] = torch.zeros_like(p) if g is None else g.square().sum(0, keepdim=True)
-        if not plan.checked_broadcast:
-            plan.check_values[full] = torch.zeros_like(p) if g is None else g[:2].square().sum(0, keepdim=True)
+        if g is None:
+            g = torch.zeros(x.shape[0], *p.shape[1:], dtype=p.dtype, device=p.device)
+        if plan.checked_broadcast:
+            acc[full].add_(g.square().sum(0, keepdim=True).to(acc[full].dtype))
+        else:
+            plan.check_values[full] = (g.square().sum(0, keepdim=True), g[:2].square().sum(0, keepdim=True))
     for owner in plan.owners.values():
         if any(c[0] is None for c in owner.calls) or (not owner.done and not owner.calls and owner.rule is not None):
             failed.extend(owner.local.values())  # forward never ran (parameters used elsewhere) or odd call
         elif owner.rule is not None and not owner.done:
             run_rule(owner)
         elif owner.rule is None and owner.calls:
-            if all(c[4] is None for c in owner.calls):
-                vals = {lc: torch.zeros_like(owner.module._parameters[lc]) for lc in owner.local}
-            else:
-                vals = _module_vjp_sqsum(owner, chunk)
-            sums.update({owner.local[lc]: v for lc, v in vals.items()})
+            if any(c[4] is not None for c in owner.calls):  # else: output unused, zero contribution
+                _module_vjp_sqsum(owner, chunk, acc)
         elif owner.rule is None:
             failed.extend(owner.local.values())
         owner.calls.clear()
-    return sums, y, failed
+    return y, failed

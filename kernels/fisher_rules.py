@@ -19,8 +19,9 @@ Notation: for sample i, ``x_i`` is a layer's input and ``g_i = d l_i / d y_i`` t
 * Embedding: ``dl_i/dE[r] = sum_{t: idx_it = r} g_it``: gradients are summed per (sample, row) with a scatter over the
   unique (sample, row) pairs, squared, then scattered into the row table (``padding_idx`` rows get zero).
 
-Every rule takes lists of inputs and output gradients (one entry per call of the module in the forward) and returns
-``None`` when it cannot treat the call pattern (the caller then falls back to the torch.func reference).
+Every rule takes lists of inputs and output gradients (one entry per call of the module in the forward) and adds
+into ``acc`` (local parameter name -> accumulator); it returns False, before adding anything, when it cannot treat the
+call pattern (the caller then falls back to the torch.func reference).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from torch import Tensor, nn
 
 DEFAULT_BUDGET = 1 << 22  # elements of per-sample temporaries allowed at once when `chunk` is not given
 
-SqSum = Callable[[Tensor, Tensor, int | None], Tensor]
+SqSum = Callable[[Tensor, Tensor, int | None, Tensor | None], Tensor]  # (g, x, chunk, out) -> out
 
 
 def chunk_size(batch: int, per_sample: int, chunk: int | None) -> int:
@@ -47,16 +48,19 @@ GROUPED_MIN_POSITIONS = 256  # conv outputs with this many positions use the gro
 CACHE_BLOCK = 1 << 16  # elements of one per-sample gradient block kept cache-resident while it is squared
 
 
-def seq_sqsum_torch(g: Tensor, x: Tensor, chunk: int | None) -> Tensor:
+def seq_sqsum_torch(g: Tensor, x: Tensor, chunk: int | None, out: Tensor | None = None) -> Tensor:
     """``sum_b (g_b^T x_b)^2`` for g (B, T, O), x (B, T, K) -> (O, K), never materialising all per-sample gradients.
 
     Small ``O x K``: one bmm per chunk of samples, squared and summed. Large ``O x K`` (memory-bound: the per-sample
     gradient is written once per sample): per sample and per block of output rows, so that each block is squared and
-    accumulated (addcmul) while still in cache.
+    accumulated (addcmul) while still in cache. Adds into ``out`` (O, K) when given.
     """
     b, _, o = g.shape
     k = x.shape[2]
-    out = torch.zeros(o, k, dtype=g.dtype, device=g.device)
+    if out is not None and out.dtype != g.dtype:
+        return out.add_(seq_sqsum_torch(g, x, chunk).to(out.dtype))
+    if out is None:
+        out = torch.zeros(o, k, dtype=g.dtype, device=g.device)
     if o * k <= CACHE_BLOCK or g.device.type != "cpu":
         c = chunk_size(b, o * k, chunk)
         for s in range(0, b, c):
@@ -72,39 +76,52 @@ def seq_sqsum_torch(g: Tensor, x: Tensor, chunk: int | None) -> Tensor:
     return out
 
 
-def vec_sqsum_torch(g: Tensor, x: Tensor, chunk: int | None = None) -> Tensor:
-    """``sum_b (g_b * g_b)(x_b * x_b)^T`` for g (B, O), x (B, K) -> (O, K)."""
-    return g.square().t() @ x.square()
+def vec_sqsum_torch(g: Tensor, x: Tensor, chunk: int | None = None, out: Tensor | None = None) -> Tensor:
+    """``sum_b (g_b * g_b)(x_b * x_b)^T`` for g (B, O), x (B, K) -> (O, K); adds into ``out`` when given."""
+    if out is None:
+        return g.square().t() @ x.square()
+    if out.dtype != g.dtype:
+        return out.add_((g.square().t() @ x.square()).to(out.dtype))
+    return out.addmm_(g.square().t(), x.square())
+
+
+def _add(acc: dict[str, Tensor], key: str, value: Tensor) -> None:
+    acc[key].add_(value.reshape(acc[key].shape).to(acc[key].dtype))
 
 
 def _tokens(ts: list[Tensor], feat_dims: int) -> Tensor | None:
     """Concatenate calls as (B, T, *feat) with every leading non-batch dim flattened into T."""
     if len({t.shape[0] for t in ts}) != 1 or len({t.shape[t.dim() - feat_dims :] for t in ts}) != 1:
-        return None
+        return False
     b = ts[0].shape[0]
     feats = ts[0].shape[ts[0].dim() - feat_dims :]
     return torch.cat([t.reshape(b, -1, *feats) for t in ts], dim=1)
 
 
 def linear_rule(
-    mod: nn.Linear, xs: list[Tensor], gs: list[Tensor], want: set[str], chunk: int | None, seq: SqSum, vec: SqSum
-) -> dict[str, Tensor] | None:
-    out: dict[str, Tensor] = {}
+    mod: nn.Linear,
+    xs: list[Tensor],
+    gs: list[Tensor],
+    acc: dict[str, Tensor],
+    chunk: int | None,
+    seq: SqSum,
+    vec: SqSum,
+) -> bool:
     if len(xs) == 1 and xs[0].dim() == 2:
         x, g = xs[0], gs[0]
-        if "weight" in want:
-            out["weight"] = vec(g, x, chunk)
-        if "bias" in want:
-            out["bias"] = g.square().sum(0)
-        return out
+        if "weight" in acc:
+            vec(g, x, chunk, acc["weight"])
+        if "bias" in acc:
+            _add(acc, "bias", g.square().sum(0))
+        return True
     x, g = _tokens(xs, 1), _tokens(gs, 1)
     if x is None or g is None:
-        return None
-    if "weight" in want:
-        out["weight"] = seq(g, x, chunk)
-    if "bias" in want:
-        out["bias"] = g.sum(1).square().sum(0)
-    return out
+        return False
+    if "weight" in acc:
+        seq(g, x, chunk, acc["weight"])
+    if "bias" in acc:
+        _add(acc, "bias", g.sum(1).square().sum(0))
+    return True
 
 
 def _conv_padding(mod: nn.Conv2d, x: Tensor) -> Tensor:
@@ -125,25 +142,30 @@ def _conv_padding(mod: nn.Conv2d, x: Tensor) -> Tensor:
 
 
 def conv2d_rule(
-    mod: nn.Conv2d, xs: list[Tensor], gs: list[Tensor], want: set[str], chunk: int | None, seq: SqSum, vec: SqSum
-) -> dict[str, Tensor] | None:
+    mod: nn.Conv2d,
+    xs: list[Tensor],
+    gs: list[Tensor],
+    acc: dict[str, Tensor],
+    chunk: int | None,
+    seq: SqSum,
+    vec: SqSum,
+) -> bool:
     if any(x.dim() != 4 for x in xs) or len({x.shape[0] for x in xs}) != 1:
-        return None
+        return False
     b = xs[0].shape[0]
-    out: dict[str, Tensor] = {}
     flat = [g.reshape(b, g.shape[1], -1) for g in gs]
     grads = flat[0] if len(flat) == 1 else torch.cat(flat, dim=2)  # (B, C_out, L)
-    if "bias" in want:
-        out["bias"] = grads.sum(2).square().sum(0)
-    if "weight" not in want:
-        return out
+    if "bias" in acc:
+        _add(acc, "bias", grads.sum(2).square().sum(0))
+    if "weight" not in acc:
+        return True
     groups, c_out = mod.groups, mod.out_channels
     k = mod.weight[0].numel()  # (C_in / groups) * kh * kw
     l_total = grads.shape[2]
     if l_total >= GROUPED_MIN_POSITIONS and grads.device.type == "cpu":
-        out["weight"] = _conv_weight_grouped(mod, xs, gs, chunk)
-        return out
-    acc = torch.zeros(c_out, k, dtype=grads.dtype, device=grads.device)
+        _conv_weight_grouped(mod, xs, gs, chunk, acc["weight"])
+        return True
+    w_acc = acc["weight"].view(c_out, k)
     c = chunk_size(b, k * l_total * groups, chunk)
     for s in range(0, b, c):
         cols_list = [
@@ -152,22 +174,20 @@ def conv2d_rule(
         cols = cols_list[0] if len(cols_list) == 1 else torch.cat(cols_list, dim=2)  # (c, C_in kh kw, L)
         gc = grads[s : s + c]
         if groups == 1:
-            acc.add_(seq(gc.transpose(1, 2), cols.transpose(1, 2), None))
+            seq(gc.transpose(1, 2), cols.transpose(1, 2), None, w_acc)
         else:
             n = gc.shape[0]
             cg = cols.reshape(n, groups, k, l_total)
             gg = gc.reshape(n, groups, c_out // groups, l_total)
-            acc.add_(torch.einsum("bgol,bgkl->bgok", gg, cg).square_().sum(0).reshape(c_out, k))
-    out["weight"] = acc.reshape(mod.weight.shape)
-    return out
+            w_acc.add_(torch.einsum("bgol,bgkl->bgok", gg, cg).square_().sum(0).reshape(c_out, k).to(w_acc.dtype))
+    return True
 
 
-def _conv_weight_grouped(mod: nn.Conv2d, xs: list[Tensor], gs: list[Tensor], chunk: int | None) -> Tensor:
+def _conv_weight_grouped(mod: nn.Conv2d, xs: list[Tensor], gs: list[Tensor], chunk: int | None, acc: Tensor) -> None:
     """Per-sample conv weight gradients for a chunk of c samples as ONE convolution weight-gradient with the samples
     stacked as c * groups groups (the backend's own conv kernels, no explicit unfold); squared and summed."""
     b, c_out = xs[0].shape[0], mod.out_channels
     wshape = mod.weight.shape
-    acc = torch.zeros(wshape, dtype=gs[0].dtype, device=gs[0].device)
     c = chunk_size(b, mod.weight.numel(), chunk)
     for s in range(0, b, c):
         total = None
@@ -189,21 +209,19 @@ def _conv_weight_grouped(mod: nn.Conv2d, xs: list[Tensor], gs: list[Tensor], chu
                 [False, True, False],
             )[1].reshape(n, *wshape)
             total = gw if total is None else total + gw
-        acc.add_(total.square_().sum(0))
-    return acc
+        acc.add_(total.square_().sum(0).to(acc.dtype))
 
 
-def _affine_rule(xhat: Tensor, g: Tensor, want: set[str], shape: torch.Size) -> dict[str, Tensor]:
+def _affine_rule(xhat: Tensor, g: Tensor, acc: dict[str, Tensor]) -> bool:
     """xhat and g shaped (B, T, *shape): per-sample sums over T, squared, summed over B."""
-    out: dict[str, Tensor] = {}
-    if "weight" in want:
-        out["weight"] = (g * xhat).sum(1).square().sum(0).reshape(shape)
-    if "bias" in want:
-        out["bias"] = g.sum(1).square().sum(0).reshape(shape)
-    return out
+    if "weight" in acc:
+        _add(acc, "weight", (g * xhat).sum(1).square().sum(0))
+    if "bias" in acc:
+        _add(acc, "bias", g.sum(1).square().sum(0))
+    return True
 
 
-def layernorm_rule(mod: nn.Module, xs: list[Tensor], gs: list[Tensor], want: set[str], *_: object) -> dict | None:
+def layernorm_rule(mod: nn.Module, xs: list[Tensor], gs: list[Tensor], acc: dict[str, Tensor], *_: object) -> bool:
     shape = tuple(mod.normalized_shape)
     if isinstance(mod, nn.RMSNorm):
         eps = mod.eps if mod.eps is not None else torch.finfo(xs[0].dtype).eps
@@ -212,20 +230,20 @@ def layernorm_rule(mod: nn.Module, xs: list[Tensor], gs: list[Tensor], want: set
         xhats = [F.layer_norm(x, shape, None, None, mod.eps) for x in xs]
     xhat, g = _tokens(xhats, len(shape)), _tokens(gs, len(shape))
     if xhat is None or g is None:
-        return None
-    return _affine_rule(xhat, g, want, torch.Size(shape))
+        return False
+    return _affine_rule(xhat, g, acc)
 
 
 def _channels_last_tokens(ts: list[Tensor]) -> Tensor | None:
     """(B, C, *spatial) calls -> (B, T, C)."""
     if len({(t.shape[0], t.shape[1]) for t in ts}) != 1:
-        return None
+        return False
     return torch.cat([t.reshape(t.shape[0], t.shape[1], -1) for t in ts], dim=2).transpose(1, 2)
 
 
-def batchnorm_rule(mod: nn.Module, xs: list[Tensor], gs: list[Tensor], want: set[str], *_: object) -> dict | None:
+def batchnorm_rule(mod: nn.Module, xs: list[Tensor], gs: list[Tensor], acc: dict[str, Tensor], *_: object) -> bool:
     if mod.training or mod.running_mean is None or mod.running_var is None:
-        return None  # batch statistics couple the samples: no per-sample rule
+        return False  # batch statistics couple the samples: no per-sample rule
     c = mod.num_features
     view = (1, c) + (1,) * (xs[0].dim() - 2)
     mean = mod.running_mean.to(xs[0].dtype).reshape(view)
@@ -233,21 +251,21 @@ def batchnorm_rule(mod: nn.Module, xs: list[Tensor], gs: list[Tensor], want: set
     xhat = _channels_last_tokens([(x - mean) * inv for x in xs])
     g = _channels_last_tokens(gs)
     if xhat is None or g is None:
-        return None
-    return _affine_rule(xhat, g, want, torch.Size([c]))
+        return False
+    return _affine_rule(xhat, g, acc)
 
 
-def groupnorm_rule(mod: nn.GroupNorm, xs: list[Tensor], gs: list[Tensor], want: set[str], *_: object) -> dict | None:
+def groupnorm_rule(mod: nn.GroupNorm, xs: list[Tensor], gs: list[Tensor], acc: dict[str, Tensor], *_: object) -> bool:
     xhat = _channels_last_tokens([F.group_norm(x, mod.num_groups, None, None, mod.eps) for x in xs])
     g = _channels_last_tokens(gs)
     if xhat is None or g is None:
-        return None
-    return _affine_rule(xhat, g, want, torch.Size([mod.num_channels]))
+        return False
+    return _affine_rule(xhat, g, acc)
 
 
-def embedding_rule(mod: nn.Embedding, xs: list[Tensor], gs: list[Tensor], want: set[str], *_: object) -> dict | None:
-    if mod.scale_grad_by_freq or "weight" not in want or len({x.shape[0] for x in xs}) != 1:
-        return None
+def embedding_rule(mod: nn.Embedding, xs: list[Tensor], gs: list[Tensor], acc: dict[str, Tensor], *_: object) -> bool:
+    if mod.scale_grad_by_freq or "weight" not in acc or len({x.shape[0] for x in xs}) != 1:
+        return False
     b, n_rows, dim = xs[0].shape[0], mod.num_embeddings, mod.embedding_dim
     idx = torch.cat([x.reshape(b, -1) for x in xs], dim=1)
     g = torch.cat([t.reshape(b, -1, dim) for t in gs], dim=1).reshape(-1, dim)
@@ -257,18 +275,18 @@ def embedding_rule(mod: nn.Embedding, xs: list[Tensor], gs: list[Tensor], want: 
         keys, g = keys[keep], g[keep]
     uniq, inv = torch.unique(keys, return_inverse=True)
     per_pair = torch.zeros(uniq.numel(), dim, dtype=g.dtype, device=g.device).index_add_(0, inv, g)
-    acc = torch.zeros(n_rows, dim, dtype=g.dtype, device=g.device)
-    return {"weight": acc.index_add_(0, uniq % n_rows, per_pair.square_())}
+    acc["weight"].index_add_(0, uniq % n_rows, per_pair.square_().to(acc["weight"].dtype))
+    return True
 
 
 _TIMM_LAYERNORM = {"timm.layers.norm.LayerNorm"}
 
 
-def rule_for(mod: nn.Module) -> Callable[..., dict[str, Tensor] | None] | None:
+def rule_for(mod: nn.Module) -> Callable[..., bool] | None:
     """The exact rule for a module whose forward is the plain torch one, else None (reference fallback)."""
     t = type(mod)
     name = f"{t.__module__}.{t.__qualname__}"
-    table: list[tuple[type[nn.Module], Callable[..., dict[str, Tensor] | None]]] = [
+    table: list[tuple[type[nn.Module], Callable[..., bool]]] = [
         (nn.Linear, linear_rule),
         (nn.Conv2d, conv2d_rule),
         (nn.LayerNorm, layernorm_rule),

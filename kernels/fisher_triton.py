@@ -7,9 +7,9 @@
 * ``vec_sqsum(g, x)``: ``out[o, k] = sum_b g[b, o]^2 x[b, k]^2`` (the sum-of-squares identity for vector inputs), a
   matmul of squared operands with the squares taken on the loaded tiles (no squared copies in memory).
 
-Both accumulate into float32 (``input_precision="ieee"``: no TF32) and add into ``out``. On CPU tensors they run only
-under ``TRITON_INTERPRET=1`` (tests); ``kernels.fisher`` dispatches them for CUDA tensors of float32/16/bfloat16 and
-uses the torch rules otherwise (float64, or triton missing).
+Both accumulate in float32 (``input_precision="ieee"``: no TF32) and add into ``out`` (new zeros if None).
+On CPU tensors they run only under ``TRITON_INTERPRET=1`` (tests); ``kernels.fisher`` dispatches them for CUDA
+tensors of float32/16/bfloat16 and uses the torch rules otherwise (float64, or triton missing).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def _seq_sqsum_kernel(
 ):  # fmt: skip
     pid_o = tl.program_id(0)
     pid_k = tl.program_id(1)
-    pid_b = tl.program_id(2)  # samples pid_b, pid_b + SPLIT, ...: more programs when N_OUT x K has few tiles
+    pid_b = tl.program_id(2)  # samples pid_b, pid_b + SPLIT, ...: more programs when O x K has few tiles
     offs_o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
     offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     total = tl.zeros((BLOCK_O, BLOCK_K), dtype=tl.float32)
@@ -81,14 +81,18 @@ def _usable(*ts: Tensor) -> bool:
     return all(t.dtype in _FLOATS and (t.is_cuda or interpret) for t in ts)
 
 
-def seq_sqsum(g: Tensor, x: Tensor, chunk: int | None = None, block: int = 32, split: int | None = None) -> Tensor:
-    """Fused ``sum_b (g_b^T x_b)^2`` -> (N_OUT, K) float32; falls back to the torch rule where Triton cannot run.
+def seq_sqsum(
+    g: Tensor, x: Tensor, chunk: int | None = None, out: Tensor | None = None, block: int = 32, split: int | None = None
+) -> Tensor:
+    """Fused ``sum_b (g_b^T x_b)^2`` -> (O, K) float32; falls back to the torch rule where Triton cannot run.
     ``split``: programs per output tile over the samples (default: about 1024 programs in all)."""
     if not _usable(g, x):
-        return seq_sqsum_torch(g, x, chunk)
+        return seq_sqsum_torch(g, x, chunk, out)
     b, t, o = g.shape
     k = x.shape[2]
-    out = torch.zeros(o, k, dtype=torch.float32, device=g.device)
+    if out is not None and out.dtype != torch.float32:
+        return out.add_(seq_sqsum(g, x, chunk, None, block, split).to(out.dtype))
+    out = torch.zeros(o, k, dtype=torch.float32, device=g.device) if out is None else out
     tiles = triton.cdiv(o, block) * triton.cdiv(k, block)
     split = max(1, min(b, split if split is not None else 1024 // tiles))
     grid = (triton.cdiv(o, block), triton.cdiv(k, block), split)
@@ -98,13 +102,15 @@ def seq_sqsum(g: Tensor, x: Tensor, chunk: int | None = None, block: int = 32, s
     return out
 
 
-def vec_sqsum(g: Tensor, x: Tensor, chunk: int | None = None, block: int = 32) -> Tensor:
+def vec_sqsum(g: Tensor, x: Tensor, chunk: int | None = None, out: Tensor | None = None, block: int = 32) -> Tensor:
     """Fused ``(g * g)^T (x * x)`` -> (N_OUT, K) float32; falls back to the torch rule where Triton cannot run."""
     if not _usable(g, x):
-        return vec_sqsum_torch(g, x, chunk)
+        return vec_sqsum_torch(g, x, chunk, out)
     b, o = g.shape
     k = x.shape[1]
-    out = torch.zeros(o, k, dtype=torch.float32, device=g.device)
+    if out is not None and out.dtype != torch.float32:
+        return out.add_(vec_sqsum(g, x, chunk, None, block).to(out.dtype))
+    out = torch.zeros(o, k, dtype=torch.float32, device=g.device) if out is None else out
     grid = (triton.cdiv(o, block), triton.cdiv(k, block))
     _vec_sqsum_kernel[grid](
         g, x, out, b, o, k, *g.stride(), *x.stride(), *out.stride(), BLOCK_O=block, BLOCK_K=block, BLOCK_B=16

@@ -23,6 +23,8 @@ def test_seq_kernel(b: int, t: int, o: int, k: int, split: int | None) -> None:
     g = torch.randn(b, t, o, generator=gen)
     x = torch.randn(b, t, k, generator=gen)[:, :, :k]
     got = seq_sqsum(g, x.transpose(1, 2).contiguous().transpose(1, 2), split=split)  # strided x
+    again = seq_sqsum(g, x, out=got.clone())
+    assert rel_err(again.double(), 2 * got.double()) < 1e-6  # adds into out
     expect = seq_sqsum_torch(g.double(), x.double(), None)
     assert got.shape == (o, k) and got.dtype == torch.float32
     assert rel_err(got.double(), expect) < 1e-5
