@@ -100,6 +100,9 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     cfg, payload = _prepare_resume(cfg, run_dir)
     _check_processes(cfg)
+    from lightning.fabric.utilities.seed import seed_everything
+
+    seed_everything(int(cfg.seed), verbose=False)  # build() initialises the weights: the same in every process and rank
     stream, method = build(cfg)
 
     from cl.engine.checkpoint import CheckpointError, load_method_state

@@ -36,6 +36,11 @@ Contract for methods (state kept across experiences must be identical on every r
   generator) gets the same state on every rank without communication. A method may instead shard that work with
   :func:`shard` and all-reduce sums *and* counts itself (``kernels.fisher_diagonal`` all-reduces both, so on unsharded
   input its mean is still exact: every rank contributes the same sum and count).
+* State updated from *training batches* (a replay buffer filled in ``on_train_batch_end``, running statistics) sees
+  only this rank's share of the global batch: gather the batch across ranks (``self.all_gather``) before the update,
+  so every rank applies the update of the 1-process run; otherwise rank 0's state, which is the one saved, holds
+  only its own share. Replay batches drawn inside ``training_step`` should be drawn per rank from a generator
+  seeded by (experience, step, rank), so the ranks draw different items like one larger draw would.
 * Anything random in a hook must use a generator seeded from the config/experience, never the global RNG advanced
   differently on different ranks. Batch-coupled layers (BatchNorm) see per-rank batches: set
   ``trainer.sync_batchnorm=true`` for the 1-process statistics.
