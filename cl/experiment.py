@@ -32,13 +32,18 @@ def _unwrap(err: BaseException) -> str:
 
 
 def build(cfg: DictConfig) -> tuple[Any, Any]:
-    """Instantiate ``(stream, method)`` from ``cfg``; raises :class:`ConfigurationError` on bad input."""
+    """Instantiate ``(stream, method)`` from ``cfg`` after ``seed_everything(cfg.seed)``, so the same config always
+    gives the same initial weights; raises :class:`ConfigurationError` on bad input."""
+    from lightning.fabric.utilities.seed import seed_everything
+
     from cl.backbones import BackboneWeightsError
     from cl.data.sources import DatasetNotFoundError
 
     try:
         datasets = instantiate(cfg.data.source)
         stream = instantiate(cfg.scenario, _partial_=True)(datasets=datasets)
+        # after the stream: Avalanche's generators reseed the global RNG with the class-order seed
+        seed_everything(int(cfg.seed), verbose=False)  # the initial weights depend on the seed only
         backbone = instantiate(cfg.backbone)
         method = instantiate(cfg.method, _partial_=True)(backbone=backbone, num_classes=stream.num_classes)
         method.setup_stream(stream)
