@@ -8,7 +8,10 @@ It owns what all methods share, so that a method file states only what is partic
 * the optimizer factory (``optimizer`` and ``scheduler`` are Hydra ``_partial_`` factories). A new Lightning
   ``Trainer`` is used for each experience, so the optimizer and its state are reset at every experience;
 * the stream hooks the engine calls: :meth:`on_experience_start`, :meth:`train_dataset`, :meth:`on_experience_end`;
-* the evaluation logits (:meth:`eval_logits`), which the engine masks for task-agnostic / task-aware accuracy.
+* the evaluation logits (:meth:`eval_logits`), which the engine masks for task-agnostic / task-aware accuracy;
+* the optional gradient-restriction loss of IAU (Liu et al. 2025, arXiv 2507.23257), ``grad_restriction=alpha > 0``:
+  ``L + alpha * sum_tensors ||d L / d theta_tensor||_2`` (the reference code's per-tensor norms of the batch-mean
+  gradient, by double back-propagation), so that a model can be trained to be unlearned by ``unlearn_method=iau``.
 
 Everything a method keeps across experiences must live in buffers, parameters or ``get_extra_state`` so that
 ``state_dict()`` is the whole method state written to ``task_{t}.ckpt``.
@@ -44,10 +47,14 @@ class ContinualMethod(L.LightningModule):
         mask_past_in_training: bool = False,
         scheduler_interval: str = "epoch",
         name: str = "",
+        grad_restriction: float = 0.0,
     ) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes={num_classes}; must be positive")
+        if not grad_restriction >= 0.0:
+            raise ValueError(f"method.grad_restriction={grad_restriction}; allowed: a float >= 0 (0 = off)")
+        self.grad_restriction = float(grad_restriction)
         self.backbone = backbone
         self.head = nn.Linear(int(backbone.num_features), num_classes)
         self.optimizer_factory = optimizer
@@ -123,6 +130,9 @@ class ContinualMethod(L.LightningModule):
     def training_step(self, batch: Sequence[Any], batch_idx: int) -> torch.Tensor:
         x, y = batch[0], batch[1]
         loss = self.compute_loss(x, y, batch)
+        if self.grad_restriction > 0:  # IAU's gradient restriction: + alpha * sum of per-tensor gradient norms
+            grads = torch.autograd.grad(loss, self.trainable_parameters(), create_graph=True, allow_unused=True)
+            loss = loss + self.grad_restriction * sum(g.norm() for g in grads if g is not None)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(y))
         return loss
 
