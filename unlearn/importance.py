@@ -1,0 +1,106 @@
+"""Parameter importances for SSD / LFSSD, computed by :func:`kernels.fisher_diagonal`, and their on-disk cache.
+
+* SSD (Foster et al., AAAI 2024, eq. 1): the diagonal of the empirical Fisher, ``E[(d ln p(y|x) / d theta)^2]``.
+  ``mode="batch"`` is the reference code's estimate (squared batch-mean gradient averaged over batches, its scale
+  depends on the batch size); ``mode="per_sample"`` the exact per-sample mean.
+* LFSSD (Foster et al., "Loss-Free Machine Unlearning", ICLR 2024 Tiny Paper): label-free, the loss is the squared L2
+  norm of the logits ``s(x) = ||f(x)||^2`` and the importance accumulates ``|grad|`` instead of ``grad^2``:
+  ``mode="batch"`` (reference) = mean over batches of ``|d mean_b s / d theta|``; ``mode="per_sample"`` (ours) = the
+  root mean square of per-sample gradients, ``sqrt(mean_i (d s_i / d theta)^2)``.
+  ``fisher_diagonal`` only knows the cross-entropy, so ``s`` is fed to it exactly as a cross-entropy: the two logits
+  ``[0, log(exp(s) - 1)]`` with label 0 have ``CE = log(1 + exp(s) - 1) = s``, and ``dCE/ds = 1`` exactly.
+
+The full-data importance is the expensive, reusable half: :func:`cached` keeps it in the checkpoint's run directory
+(``unlearn_cache/``), keyed by the checkpoint's SHA-256, the variant, the mode, the batch size, the shuffling seed and
+the data, so that a second request on the same checkpoint only pays for the forget set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+Importance = dict[str, Tensor]
+
+
+def fisher_importance(
+    model: nn.Module, data: Iterable, mode: str, forward_fn: Callable[[Tensor], Tensor]
+) -> Importance:
+    """SSD's importance: the Fisher diagonal from ``kernels.fisher_diagonal`` (``mode`` batch | per_sample)."""
+    from kernels import fisher_diagonal
+
+    return fisher_diagonal(model, data, mode=mode, forward_fn=forward_fn).diag
+
+
+def _as_cross_entropy(forward_fn: Callable[[Tensor], Tensor], mask: Tensor) -> Callable[[Tensor], Tensor]:
+    """Logits ``[0, log(expm1(s))]`` whose cross-entropy with label 0 equals ``s = ||f(x)[mask]||^2``."""
+
+    def fn(x: Tensor) -> Tensor:
+        logits = forward_fn(x)
+        s = logits[:, mask.to(logits.device)].pow(2).sum(1).clamp_min(1e-12)
+        b = s + torch.log(-torch.expm1(-s))  # log(exp(s) - 1), stable for large s
+        return torch.stack([torch.zeros_like(b), b], dim=1)
+
+    return fn
+
+
+def _zero_labels(data: Iterable) -> Iterator[tuple[Tensor, Tensor]]:
+    for batch in data:
+        x = batch[0]
+        yield x, torch.zeros(x.shape[0], dtype=torch.long)
+
+
+def label_free_importance(
+    model: nn.Module, data: Iterable, mode: str, forward_fn: Callable[[Tensor], Tensor], mask: Tensor
+) -> Importance:
+    """LFSSD's importance (see the module docstring), through ``kernels.fisher_diagonal``."""
+    from kernels import fisher_diagonal
+
+    fn = _as_cross_entropy(forward_fn, mask)
+    if mode == "per_sample":
+        diag = fisher_diagonal(model, _zero_labels(data), mode="per_sample", forward_fn=fn).diag
+        return {n: v.sqrt() for n, v in diag.items()}
+    total: Importance = {}
+    n_batches = 0
+    for batch in _zero_labels(data):
+        diag = fisher_diagonal(model, [batch], mode="batch", forward_fn=fn).diag
+        for n, v in diag.items():
+            total[n] = total[n] + v.sqrt() if n in total else v.sqrt()
+        n_batches += 1
+    if not n_batches:
+        raise ValueError("label_free_importance: the data yielded no batch")
+    return {n: v / n_batches for n, v in total.items()}
+
+
+def cache_path(run_dir: Path, checkpoint_hash: str, key: dict[str, Any]) -> Path:
+    """``run_dir/unlearn_cache/importance-<variant>-<mode>-b<batch>-<hash>.pt`` for one cache key."""
+    digest = hashlib.sha256((checkpoint_hash + repr(sorted(key.items()))).encode()).hexdigest()[:20]
+    return (
+        Path(run_dir) / "unlearn_cache" / f"importance-{key['variant']}-{key['mode']}-b{key['batch_size']}-{digest}.pt"
+    )
+
+
+def cached(path: Path, key: dict[str, Any], compute: Callable[[], Importance]) -> tuple[Importance, bool]:
+    """Load the importance at ``path`` if its stored key matches, else compute and write it atomically."""
+    from cl.utils.atomic import write_with
+
+    if path.is_file():
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+            if data.get("key") == key:
+                return data["importance"], True
+        except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed
+            pass
+    imp = compute()
+    cpu = {n: v.detach().cpu() for n, v in imp.items()}
+    write_with(path, lambda tmp: torch.save({"key": key, "importance": cpu}, tmp))
+    return imp, False
+
+
+def data_digest(keys: list[tuple[int, int]]) -> str:
+    return hashlib.sha256(repr(keys).encode()).hexdigest()[:16]

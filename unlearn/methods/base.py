@@ -1,0 +1,109 @@
+"""What every unlearning method gets (:class:`UnlearnTask`) and the small training helpers the baselines share.
+
+A method's :meth:`UnlearningMethod.unlearn` receives the trained continual method (a ``ContinualMethod``: backbone +
+head, loaded from the checkpoint) and returns the unlearned one (the same object changed in place, or a new one, e.g.
+``retrain``). The logits it should use are :meth:`UnlearnTask.logits`: the model's logits masked to the classes the
+checkpoint has seen, as in task-agnostic evaluation. :meth:`UnlearningMethod.check` runs before any work, so that bad
+options stop with a clear message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from unlearn.context import Context, UnlearnConfigError
+from unlearn.forget import Split
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass
+class UnlearnTask:
+    """The checkpoint context, the split, the pools of samples and the loader settings."""
+
+    ctx: Context
+    split: Split
+    forget: Dataset
+    retain: Dataset
+    full: Dataset
+    mask: torch.Tensor
+    batch_size: int
+    device: torch.device
+    seed: int
+    work_dir: Path
+    forget_type: str = "class"
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def loader(self, dataset: Dataset, shuffle: bool = False, batch_size: int | None = None) -> DataLoader:
+        gen = torch.Generator().manual_seed(self.seed)
+        return DataLoader(dataset, batch_size=batch_size or self.batch_size, shuffle=shuffle, generator=gen)
+
+    def logits(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Logits masked to the seen classes (the lowest float elsewhere, so softmax gives them 0)."""
+        out = model(x)
+        return out.masked_fill(~self.mask.to(out.device), torch.finfo(out.dtype).min)
+
+
+class UnlearningMethod:
+    """Base class: a name, an early ``check`` and ``unlearn``."""
+
+    needs_initial_weights = False
+
+    def __init__(self, name: str = "") -> None:
+        self.name = name or type(self).__name__.lower()
+        self.info: dict[str, Any] = {}
+
+    def check(self, task: UnlearnTask) -> None:
+        """Validate options against the task before any work (raise :class:`UnlearnConfigError`)."""
+        if self.needs_initial_weights and not task.ctx.initial_checkpoint.is_file():
+            raise UnlearnConfigError(
+                f"unlearn_method={self.name} needs the run's initial weights, but "
+                f"{str(task.ctx.initial_checkpoint)!r} does not exist"
+            )
+
+    def unlearn(self, model: nn.Module, task: UnlearnTask) -> nn.Module:
+        raise NotImplementedError
+
+
+def check_choice(key: str, value: Any, allowed: tuple[Any, ...]) -> None:
+    if value not in allowed:
+        raise UnlearnConfigError(f"{key}={value!r}; allowed: {list(allowed)}")
+
+
+def check_positive(key: str, value: float, integer: bool = False) -> None:
+    if not (value > 0) or (integer and int(value) != value):
+        raise UnlearnConfigError(f"{key}={value!r}; allowed: a positive {'integer' if integer else 'number'}")
+
+
+def make_optimizer(kind: str, params: Any, lr: float, momentum: float = 0.9) -> torch.optim.Optimizer:
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum)
+    return torch.optim.Adam(params, lr=lr)
+
+
+def train_epochs(
+    model: nn.Module,
+    loader: DataLoader,
+    loss_fn: Callable[[nn.Module, tuple[Any, ...]], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    device: torch.device,
+) -> None:
+    """A plain loop: ``epochs`` passes of ``loss_fn(model, batch)`` with the model in train mode."""
+    was = model.training
+    model.train()
+    model.to(device)
+    for _ in range(int(epochs)):
+        for batch in loader:
+            batch = tuple(b.to(device) if torch.is_tensor(b) else b for b in batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(model, batch).backward()
+            optimizer.step()
+    model.train(was)

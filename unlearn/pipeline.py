@@ -1,0 +1,120 @@
+"""One unlearning run: load the checkpoint, split, check, evaluate before, unlearn (timed), evaluate after, write.
+
+Order matters for honest reporting and for "bad input stops before any work": every check (checkpoint, forget spec,
+method options, reference split) runs before the first forward pass; the source checkpoint is only read; the timed
+section is the method's ``unlearn`` call alone (``retrain`` reports its runner's training time), never evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from unlearn.context import UnlearnConfigError, load_context
+
+
+def _instantiate(node: DictConfig, key: str) -> Any:
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node)
+    except (InstantiationException, ValueError, TypeError) as err:
+        inner: BaseException = err
+        while isinstance(inner, InstantiationException) and inner.__cause__ is not None:
+            inner = inner.__cause__
+        raise UnlearnConfigError(f"{key}: {inner}") from err
+
+
+def load_reference(path: str, digest: str) -> dict[str, Any]:
+    """The ``unlearn_report.json`` of ``path`` (a file or an unlearning run directory), checked to share the split."""
+    p = Path(path)
+    p = p / "unlearn_report.json" if p.is_dir() else p
+    if not p.is_file():
+        raise UnlearnConfigError(f"reference={path!r}: no unlearn_report.json there (give an unlearning run directory)")
+    ref = json.loads(p.read_text())
+    if ref.get("split_digest") != digest:
+        raise UnlearnConfigError(
+            f"reference={path!r} was run on another split (digest {ref.get('split_digest')} != {digest}); rerun it "
+            "with forget=indices forget.path=<this run> or the same forget options"
+        )
+    return ref
+
+
+def run_unlearning(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Run the unlearning described by ``cfg`` into ``run_dir``; returns the report."""
+    import torch
+
+    from cl.engine.checkpoint import save_checkpoint
+    from cl.engine.loop import compute_device
+    from unlearn.data import PoolDataset
+    from unlearn.evaluate import combine, evaluate_model
+    from unlearn.forget import ForgetError, SeenData, make_split, write_splits
+    from unlearn.methods.base import UnlearnTask
+    from unlearn.report import write_report
+
+    spec = _instantiate(cfg.forget, "forget")  # cheap option checks first, then the checkpoint
+    method = _instantiate(cfg.unlearn_method, "unlearn_method")
+    ctx = load_context(cfg.get("checkpoint"), cfg, overrides)
+    seen = SeenData(ctx.stream, ctx.experience)
+    try:
+        split = make_split(spec, seen)
+    except ForgetError as err:
+        raise UnlearnConfigError(str(err)) from err
+    reference = load_reference(str(cfg.reference), split.digest()) if cfg.get("reference") else None
+    device = compute_device(ctx.cfg.trainer)
+    task = UnlearnTask(
+        ctx=ctx,
+        split=split,
+        forget=PoolDataset(ctx.stream, split.forget_train, "train"),
+        retain=PoolDataset(ctx.stream, split.retain_train, "train"),
+        full=PoolDataset(ctx.stream, seen.train_keys, "train"),
+        mask=ctx.method.seen_classes.detach().cpu().clone(),
+        batch_size=int(ctx.cfg.data.batch_size),
+        device=device,
+        seed=int(cfg.seed),
+        work_dir=Path(run_dir),
+        forget_type=str(cfg.forget.name),
+    )
+    method.check(task)
+
+    run_dir = Path(run_dir)
+    write_splits(split, ctx.stream, run_dir / "splits")
+    eval_bs, probe = int(ctx.cfg.data.eval_batch_size), bool(cfg.eval.probe)
+    torch.manual_seed(int(cfg.seed))
+    before = evaluate_model(ctx.method, task, eval_bs, probe)
+    start = time.perf_counter()
+    model = method.unlearn(ctx.method, task)
+    seconds = float(method.info.pop("method_seconds", time.perf_counter() - start))
+    after = evaluate_model(model, task, eval_bs, probe)
+
+    report = combine(after, before, reference)
+    report.update(
+        seconds=seconds,
+        method=method.name,
+        method_info=method.info,
+        forget=str(cfg.forget.name),
+        forget_config=OmegaConf.to_container(cfg.forget, resolve=True),
+        forget_classes=split.forget_classes,
+        split_digest=split.digest(),
+        sizes={
+            k: len(getattr(split, k)) for k in ("forget_train", "retain_train", "forget_test", "retain_test", "test")
+        },
+        checkpoint=str(ctx.checkpoint),
+        checkpoint_sha256=ctx.checkpoint_hash,
+        experience=ctx.experience,
+        reference=str(cfg.reference) if cfg.get("reference") else None,
+        seed=int(cfg.seed),
+    )
+    payload = dict(ctx.payload)
+    payload["state_dict"] = model.state_dict()
+    payload["unlearning"] = {
+        k: report[k] for k in ("method", "forget", "split_digest", "checkpoint", "checkpoint_sha256")
+    }
+    save_checkpoint(run_dir / "checkpoints" / f"unlearned_task_{ctx.experience}.ckpt", payload)
+    write_report(run_dir, report, reference)
+    return report
