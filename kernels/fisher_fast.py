@@ -143,7 +143,9 @@ def _attempt(plan, model, forward_fn, x, y, generator, chunk, seq, vec, acc):  #
             if len(args) != 1 or kwargs or not isinstance(args[0], Tensor) or not isinstance(out, Tensor):
                 owner.calls.append([None, None, 0, 0, None])  # unsupported call pattern
                 return None
-            rec = [args[0], out, args[0]._version, out._version, None]
+            cloned = mname in plan.clone  # keep private copies: later in-place ops cannot reach them
+            inp = args[0].detach().clone() if cloned else args[0]
+            rec = [inp, out, inp._version, out._version, None]
             owner.calls.append(rec)
             if out.requires_grad:
 
@@ -153,7 +155,7 @@ def _attempt(plan, model, forward_fn, x, y, generator, chunk, seq, vec, acc):  #
                         run_rule(owner)
 
                 out.register_hook(grad_hook)
-            return out.clone() if mname in plan.clone else None
+            return out.clone() if cloned else None
 
         return hook
 
@@ -180,17 +182,17 @@ def _attempt(plan, model, forward_fn, x, y, generator, chunk, seq, vec, acc):  #
             for rec in owner.calls:
                 if rec[0] is None:
                     continue
-                if rec[0]._version != rec[2]:
-                    retry = True  # module input changed in place
-                elif rec[1]._version == rec[3]:
+                need_clone = rec[0]._version != rec[2]  # module input changed in place afterwards
+                if not need_clone and rec[1]._version == rec[3]:
                     if rec[1].requires_grad:
                         drivers.append(rec[1])
-                elif rec[0].requires_grad:
-                    drivers.append(rec[0])
+                elif not need_clone and rec[0].requires_grad:
+                    drivers.append(rec[0])  # output changed in place: drive the backward through the input
                 else:
-                    retry = True
-                if retry:
+                    need_clone = True
+                if need_clone:
                     plan.clone.add(mname)
+                    retry = True
         if retry:
             return y
         grads = torch.autograd.grad(loss, drivers, allow_unused=True) if drivers else []
