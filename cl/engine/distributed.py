@@ -45,7 +45,9 @@ Contract for methods (state kept across experiences must be identical on every r
   differently on different ranks. Batch-coupled layers (BatchNorm) see per-rank batches: set
   ``trainer.sync_batchnorm=true`` for the 1-process statistics.
 
-Preemption: a SIGTERM during ``trainer.fit`` becomes :class:`cl.engine.loop.Preempted`; ``cl.run`` exits with 143 after
+Preemption: a SIGTERM during ``trainer.fit`` becomes :class:`cl.engine.loop.Preempted`; one received outside it
+(evaluation, checkpoint writing) is held by :class:`SigtermLatch` until the experience's checkpoint is written, and the
+run stops before the next experience (all ranks agree, :func:`any_rank`). ``cl.run`` exits with 143 after
 the completed experiences' checkpoints are on disk, and, with ``+requeue_on_preempt=true`` inside a SLURM job, first
 asks SLURM to requeue the job (:func:`requeue_slurm_job`). The requeued job re-runs the same command into the same run
 directory, which resumes after the last completed experience.
@@ -54,9 +56,12 @@ directory, which resumes after the last completed experience.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from types import FrameType
 from typing import Any
 
 import torch
@@ -208,3 +213,40 @@ def requeue_slurm_job() -> bool:
         return False
     print(f"requeue_on_preempt: requeued SLURM job {job_id}; it resumes in the same run directory", file=sys.stderr)
     return True
+
+
+class SigtermLatch:
+    """While active (``with``), a SIGTERM is remembered in :attr:`received` instead of ending the process; the previous
+    Python-level handler (submitit's) is still called. Inside ``trainer.fit`` Lightning's handler runs first and ends
+    the fit; outside it the engine stops at the next experience boundary. Only the main thread can install it."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self._previous: Any = None
+        self._installed = False
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.received = True
+        if callable(self._previous):
+            self._previous(signum, frame)
+
+    def __enter__(self) -> SigtermLatch:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.getsignal(signal.SIGTERM)
+            signal.signal(signal.SIGTERM, self._handle)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._installed:
+            signal.signal(signal.SIGTERM, self._previous if self._previous is not None else signal.SIG_DFL)
+            self._installed = False
+
+
+def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """``flag`` OR-ed over all ranks (a collective: every rank must call it at the same point); ``flag`` when alone."""
+    if not dist_ready() or torch.distributed.get_world_size() == 1:
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item())

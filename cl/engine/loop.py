@@ -4,7 +4,8 @@ Row t of the accuracy matrix R holds the accuracy on every experience j after tr
 measured before any training gives forward transfer. Each experience starts from ``seed_everything(seed + t)``, so an
 interrupted run resumed after experience t reproduces the uninterrupted run's matrix exactly (on CPU). A SIGTERM
 during training (Lightning turns it into ``SIGTERMException``) abandons the current experience and raises
-:class:`Preempted`; the checkpoints of completed experiences are already on disk and a resumed run redoes it.
+:class:`Preempted`; the checkpoints of completed experiences are already on disk and a resumed run redoes it. A SIGTERM
+outside training (evaluation, checkpoint writing) lets the experience finish and stops before the next one.
 
 Main matrix by scenario: class-incremental → task-agnostic accuracy (the task-aware matrix is kept beside it as
 ``acc_matrix_task_aware``); task-incremental → task-aware; domain-incremental → the two coincide. ``fwt`` in
@@ -27,7 +28,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from cl.data.stream import Stream
 from cl.engine.checkpoint import rng_state, save_checkpoint
-from cl.engine.distributed import ShardedEpochSampler, is_global_zero, per_rank_batch_size, world_size_of
+from cl.engine.distributed import (
+    ShardedEpochSampler,
+    SigtermLatch,
+    any_rank,
+    is_global_zero,
+    per_rank_batch_size,
+    world_size_of,
+)
 from cl.engine.evaluate import evaluate_stream
 from cl.engine.trainer import build_callbacks, make_trainer
 from cl.metrics import compute_metrics, fwt, write_reports
@@ -36,8 +44,9 @@ from cl.metrics import compute_metrics, fwt, write_reports
 class Preempted(RuntimeError):
     """Training of an experience was interrupted by SIGTERM; completed experiences are checkpointed."""
 
-    def __init__(self, experience: int) -> None:
-        super().__init__(f"SIGTERM received while training experience {experience}; resume to continue")
+    def __init__(self, experience: int, started: bool = True) -> None:
+        when = "while training" if started else "before"
+        super().__init__(f"SIGTERM received {when} experience {experience}; resume to continue")
         self.experience = experience
 
 
@@ -156,6 +165,10 @@ class StreamRunner:
 
     # ------------------------------------------------------------------------------------------------ loop
     def run(self) -> dict[str, Any]:
+        with SigtermLatch() as sigterm:  # a SIGTERM outside fit stops the run at the next experience boundary
+            return self._run(sigterm)
+
+    def _run(self, sigterm: SigtermLatch) -> dict[str, Any]:
         self.method.setup_stream(self.stream)
         if self.start == 0:
             seed_everything(int(self.cfg.seed), verbose=False)
@@ -164,6 +177,8 @@ class StreamRunner:
             self.R0[:], self.R0_taw[:] = self.evaluate()
         metrics: dict[str, Any] = {}
         for t in range(self.start, len(self.stream)):
+            if any_rank(sigterm.received, self.device):
+                raise Preempted(t, started=False)
             metrics = self.run_experience(t)
         if self.start >= len(self.stream):
             metrics = self.metrics(len(self.stream) - 1)

@@ -33,6 +33,7 @@ def _cli_overrides(overrides: list[str]) -> list[str]:
     keys = {o.split("=")[0].lstrip("+") for o in overrides}
     return [o for o in SHRINK if o.split("=")[0].lstrip("+") not in keys] + overrides
 
+
 REPO = Path(__file__).resolve().parents[2]
 # 5 experiences x 2 batches of 32 on digits: seconds per run; the stream and model are those of the default config
 OVERRIDES = ["+trainer.limit_train_batches=2", "logger=none"]
@@ -53,6 +54,17 @@ class SigtermAt(Callback):
             if not self.marker.exists():
                 self.marker.write_text(str(os.getpid()))
                 os.kill(os.getpid(), signal.SIGTERM)
+
+
+class SigtermAfterExperience(Callback):
+    """Test hook (a run-long callback's ``on_experience_end``, called outside ``trainer.fit``): SIGTERM after ``t``."""
+
+    def __init__(self, experience: int) -> None:
+        self.experience = experience
+
+    def on_experience_end(self, runner: Any, experience: Any) -> None:
+        if experience.index == self.experience:
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _single_thread_run(overrides: list[str], run_dir: Path) -> dict[str, Any]:
@@ -144,3 +156,18 @@ def test_sigterm_during_training_checkpoints_requeues_and_resumes(reference, tmp
     ref_dir = reference[0]
     for key, value in _weights(run_dir, 4).items():  # one torch thread in both processes: bit-identical weights
         assert torch.equal(value, _weights(ref_dir, 4)[key]), key
+
+
+@pytest.mark.timeout(300)
+def test_sigterm_outside_training_finishes_the_experience_and_stops_before_the_next(tmp_path):
+    from cl.engine.loop import Preempted
+
+    hook = f"+callbacks.sigterm._target_={SigtermAfterExperience.__module__}.SigtermAfterExperience"
+    overrides = [*OVERRIDES, "scenario.n_experiences=2", hook, "+callbacks.sigterm.experience=0"]
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Preempted, match="SIGTERM received before experience 1"):
+        _single_thread_run(overrides, tmp_path / "run")  # the process survives: the engine held the signal
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert names == ["initial.ckpt", "task_0.ckpt"]  # experience 0 was evaluated and checkpointed after the signal
+    assert len(load_checkpoint(tmp_path / "run" / "checkpoints" / "task_0.ckpt")["acc_matrix"]) == 1
+    assert signal.getsignal(signal.SIGTERM) == before  # the engine's SIGTERM handler is gone after the run
