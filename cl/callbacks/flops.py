@@ -1,11 +1,12 @@
 """Training-cost accounting: FLOPs (forward + backward) and the number of parameters updated, as FPF/k-FPF
 (Zhao et al., ICML 2023) compare methods on cost.
 
-FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions, attention: the ops that
-dominate; element-wise ops and norms count 0, as in the usual FLOP tables) over the whole Lightning ``fit`` of every
-experience: every training step with its replay forward passes and backward pass, plus anything a method does inside
-``fit`` (k-FPF's triggers). Work done after ``fit`` by objects that expose ``extra_train_flops()`` (the FPF callback)
-is added. Not counted: evaluation, and post-``fit`` method hooks without ``extra_train_flops`` (EWC's Fisher).
+FLOPs are counted with the formulas of ``torch.utils.flop_counter`` (:class:`cl.analysis.flops.LightFlopCounter`;
+matmuls, convolutions, attention: the ops that dominate; element-wise ops and norms count 0, as in the usual FLOP
+tables) over the whole Lightning ``fit`` of every experience: every training step with its replay forward passes and
+backward pass, plus anything a method does inside ``fit`` (k-FPF's triggers). Work done after ``fit`` by objects that
+expose ``extra_train_flops()`` (the FPF callback) is added. Not counted: evaluation, and post-``fit`` method hooks
+without ``extra_train_flops`` (EWC's Fisher).
 
 Metrics (``metrics.json``): ``flops`` (total training FLOPs of the run so far), ``flops_fit`` (inside ``fit``),
 ``params_updated`` (the largest number of parameters the Lightning optimizer updated at one step), and
@@ -35,9 +36,9 @@ class FlopCounter(Callback):
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         if not self.enabled:
             return
-        from torch.utils.flop_counter import FlopCounterMode
+        from cl.analysis.flops import LightFlopCounter
 
-        self._mode = FlopCounterMode(display=False)
+        self._mode = LightFlopCounter()
         self._mode.__enter__()
 
     def _stop(self) -> None:

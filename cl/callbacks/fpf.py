@@ -43,6 +43,7 @@ class FPFCallback(Callback):
         lr: float = 0.05,
         momentum: float = 0.0,
         batch_size: int = 32,
+        optimizer: str = "sgd",
         kd_beta: float = 0.0,
         top: int = 5,
         buffer_size: int = 200,
@@ -56,7 +57,10 @@ class FPFCallback(Callback):
         elif modules not in ("default", "auto"):
             raise ValueError(f"callbacks.fpf.modules={modules!r}; allowed: {list(SELECTION_MODES)}")
         self.modules, self.when, self.top = modules, when, int(top)
-        self.opts = dict(iterations=int(iterations), lr=float(lr), momentum=float(momentum), batch_size=int(batch_size))
+        self.opts = dict(
+            iterations=int(iterations), lr=float(lr), momentum=float(momentum), batch_size=int(batch_size),
+            optimizer=str(optimizer),
+        )  # fmt: skip
         self.kd_beta = float(kd_beta)
         self.buffer_size, self.buffer_seed = int(buffer_size), int(buffer_seed)
         self.own_buffer: ReservoirBuffer | None = None

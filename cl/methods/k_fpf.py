@@ -67,6 +67,7 @@ class KFPF(ContinualMethod):
         fpf_lr: float = 0.05,
         fpf_momentum: float = 0.0,
         fpf_batch_size: int = 32,
+        fpf_optimizer: str = "sgd",
         fpf_kd_beta: float = 0.5,
         total_steps: int | None = None,
         **kwargs: Any,
@@ -81,7 +82,8 @@ class KFPF(ContinualMethod):
         self.modules = modules if isinstance(modules, str) else [str(m) for m in modules]
         self.fpf_opts = dict(
             iterations=int(fpf_iterations), lr=float(fpf_lr), momentum=float(fpf_momentum),
-            batch_size=int(fpf_batch_size), kd_beta=float(fpf_kd_beta) if self.kd else 0.0,
+            batch_size=int(fpf_batch_size), optimizer=str(fpf_optimizer),
+            kd_beta=float(fpf_kd_beta) if self.kd else 0.0,
         )  # fmt: skip
         self.buffer = ReservoirBuffer(
             buffer_size, input_shape, num_logits=self.num_classes if kd else 0, seed=buffer_seed
@@ -90,7 +92,7 @@ class KFPF(ContinualMethod):
         self.register_buffer("total_steps", torch.tensor(int(total_steps or 0)))
         self.register_buffer("triggers_done", torch.zeros((), dtype=torch.long))
         self.register_buffer("fpf_flops", torch.zeros((), dtype=torch.long))
-        self.trigger_log: list[int] = []
+        self.register_buffer("trigger_at", torch.full((self.k,), -1, dtype=torch.long))  # global step of each trigger
         self._train_sizes: list[int] = []
         self._stream_logits: torch.Tensor | None = None
         self._selected: list[str] = []
@@ -136,18 +138,19 @@ class KFPF(ContinualMethod):
             done = int(self.triggers_done)
 
     def trigger(self) -> None:
-        """One FPF call on the buffer (counted in ``triggers_done`` and ``trigger_log``)."""
+        """One FPF call on the buffer (recorded in ``triggers_done`` and ``trigger_at``)."""
         if not self._selected:
             self._selected = resolve_selection(self, self.modules, key="method.modules")
         result = fpf_finetune(self, self.buffer, self._selected, **self.fpf_opts)
         self.fpf_flops += result.flops
+        self.trigger_at[int(self.triggers_done)] = self.run_step
         self.triggers_done += 1
-        self.trigger_log.append(int(self.run_step))
 
     def report_metrics(self) -> dict[str, Any]:
         return {
             "k": self.k,
             "fpf_triggers": int(self.triggers_done),
+            "fpf_trigger_steps": [int(s) for s in self.trigger_at if int(s) >= 0],
             "fpf_flops": int(self.fpf_flops),
             "fpf_modules": list(self._selected),
             "fpf_params_updated": sum(p.numel() for _, p in self._selected_params()),

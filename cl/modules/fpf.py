@@ -8,12 +8,12 @@ One FPF call fine-tunes only the selected units P (see :mod:`cl.modules.fpf_sele
 (``kd_beta = 0``: FPF / k-FPF-CE; ``kd_beta > 0`` with stored logits z: k-FPF-KD, DER-style mean squared error over
 all logits). Design choices (the paper's values are not public; all are config keys):
 
-* plain SGD (``lr``, ``momentum``) for ``iterations`` steps of ``batch_size`` items drawn from the buffer (global RNG,
-  so runs are reproducible under the engine's per-experience seeding);
+* plain SGD (``lr``, ``momentum``; ``optimizer=adam`` as an option) for ``iterations`` steps of ``batch_size``
+  items drawn from the buffer (global RNG, so runs are reproducible under the engine's per-experience seeding);
 * only the selected modules are in train mode: their batch-norm running statistics adapt to the buffer, while every
   other module is in eval mode, so every parameter *and buffer* outside P is bitwise unchanged;
 * logits are masked like the method's training logits (``train_logit_mask()``: classes seen so far);
-* FLOPs of the fine-tuning (forward + backward) are counted with ``torch.utils.flop_counter`` and returned.
+* FLOPs of the fine-tuning (forward + backward) are counted with ``torch.utils.flop_counter``'s formulas and returned.
 """
 
 from __future__ import annotations
@@ -48,17 +48,20 @@ def fpf_finetune(
     lr: float = 0.01,
     momentum: float = 0.0,
     batch_size: int = 32,
+    optimizer: str = "sgd",
     ce_weight: float = 1.0,
     kd_beta: float = 0.0,
 ) -> FPFResult:
     """Fine-tune the units ``units`` of ``method`` on ``buffer`` (see the module docstring)."""
-    from torch.utils.flop_counter import FlopCounterMode
+    from cl.analysis.flops import LightFlopCounter
 
     if iterations < 0 or batch_size < 1 or lr <= 0:
         raise ValueError(
             f"fpf.iterations={iterations}, fpf.batch_size={batch_size}, fpf.lr={lr}; need iterations >= 0, "
             "batch_size >= 1, lr > 0"
         )
+    if optimizer not in ("sgd", "adam"):
+        raise ValueError(f"fpf.optimizer={optimizer!r}; allowed: ['sgd', 'adam']")
     if kd_beta > 0 and not buffer.stores_logits:
         raise ValueError(f"fpf.kd_beta={kd_beta} needs a buffer that stores logits (k_fpf_kd / derpp)")
     all_units = method_units(method)
@@ -86,9 +89,12 @@ def fpf_finetune(
         for p in params:
             p.requires_grad_(True)
             p.grad = None
-        opt = torch.optim.SGD(params, lr=lr, momentum=momentum)
+        if optimizer == "sgd":
+            opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum)
+        else:
+            opt = torch.optim.Adam(params, lr=lr)
         mask = method.train_logit_mask().clone()
-        with FlopCounterMode(display=False) as counter, torch.enable_grad():
+        with LightFlopCounter() as counter, torch.enable_grad():
             for _ in range(iterations):
                 s = buffer.sample(batch_size)
                 x, y = s.x.to(device), s.y.to(device)

@@ -1,0 +1,130 @@
+"""Reservoir buffer: inclusion frequencies, determinism, checkpoint state, and DDP (two gloo processes on CPU)."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+
+import pytest
+import torch
+
+from cl.modules.buffer import ReservoirBuffer, reservoir_slots
+
+
+def _fill(capacity: int, n: int, batch: int, seed: int) -> ReservoirBuffer:
+    buf = ReservoirBuffer(capacity, (1,), seed=seed)
+    for start in range(0, n, batch):
+        ids = torch.arange(start, min(start + batch, n))
+        buf.add(ids.float()[:, None], ids, experience=start // 50)
+    return buf
+
+
+def test_inclusion_frequency_is_capacity_over_n():
+    capacity, n, seeds = 12, 60, 400
+    counts = torch.zeros(n)
+    for seed in range(seeds):
+        buf = _fill(capacity, n, batch=12, seed=seed)
+        kept = buf.y[: len(buf)]
+        assert len(set(kept.tolist())) == capacity  # no duplicates, always full
+        counts[kept] += 1
+    freq = counts / seeds
+    p = capacity / n
+    bound = 5 * math.sqrt(p * (1 - p) / seeds)  # 5 sigma per item
+    assert (freq - p).abs().max() < bound, (freq.min(), freq.max())
+    # early and late items alike (a FIFO or "keep first" buffer would fail this)
+    assert abs(freq[:15].mean() - p) < 0.04 and abs(freq[-15:].mean() - p) < 0.04
+
+
+def test_fills_before_replacing_and_stores_fields():
+    buf = ReservoirBuffer(8, (2,), num_logits=3, seed=1)
+    x = torch.arange(12.0).reshape(6, 2)
+    slots = buf.add(x, torch.arange(6), 4, logits=torch.ones(6, 3) * 7)
+    assert slots.tolist() == list(range(6)) and len(buf) == 6
+    assert torch.equal(buf.x[:6], x) and buf.experience[:6].tolist() == [4] * 6
+    assert torch.all(buf.logits[:6] == 7) and buf.y[6:].tolist() == [-1, -1]
+    s = buf.sample(4)
+    assert s.x.shape == (4, 2) and s.logits.shape == (4, 3) and len(set(s.index.tolist())) == 4
+    with pytest.raises(ValueError, match="logits"):
+        buf.add(x, torch.arange(6), 0)
+
+
+def test_deterministic_and_strict_state_dict_roundtrip():
+    a, b = _fill(16, 300, 7, seed=3), _fill(16, 300, 7, seed=3)
+    assert torch.equal(a.y, b.y)
+    c = _fill(16, 300, 7, seed=4)
+    assert not torch.equal(a.y, c.y)
+    fresh = ReservoirBuffer(16, (1,), seed=3)
+    fresh.load_state_dict(a.state_dict(), strict=True)
+    assert int(fresh.num_seen) == 300 and torch.equal(fresh.x, a.x)
+    # resuming continues exactly as an uninterrupted buffer
+    ids = torch.arange(300, 310)
+    fresh.add(ids.float()[:, None], ids, 6)
+    a.add(ids.float()[:, None], ids, 6)
+    assert torch.equal(fresh.y, a.y)
+
+
+def test_bad_config_is_named():
+    with pytest.raises(ValueError, match="buffer_size=0"):
+        ReservoirBuffer(0, (1, 4, 4))
+    with pytest.raises(ValueError, match="input_shape"):
+        ReservoirBuffer(4, (1, 0))
+    buf = ReservoirBuffer(4, (1, 4, 4))
+    with pytest.raises(ValueError, match="input shape"):
+        buf.add(torch.zeros(2, 1, 5, 5), torch.zeros(2, dtype=torch.long), 0)
+    with pytest.raises(RuntimeError, match="empty"):
+        buf.sample(2)
+
+
+def test_later_item_wins_a_shared_slot():
+    # find a batch where two items draw the same slot; the sequential reference keeps the later one
+    for seed in range(200):
+        slots = reservoir_slots(10, 20, 4, seed)
+        kept = slots[slots >= 0]
+        if len(kept) != len(set(kept.tolist())):
+            break
+    else:
+        pytest.skip("no collision found")
+    buf = ReservoirBuffer(4, (1,), seed=seed)
+    ids = torch.arange(10)
+    buf.add(ids.float()[:, None], ids, 0)
+    ids = torch.arange(10, 30)
+    buf.add(ids.float()[:, None], ids, 1)
+    expected = {}
+    for i, s in enumerate(slots.tolist()):
+        if s >= 0:
+            expected[s] = 10 + i
+    for s, item in expected.items():
+        assert int(buf.y[s]) == item
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    buf = ReservoirBuffer(12, (1,), num_logits=2, seed=5)
+    for step in range(10):  # 10 global batches of 8 items; rank r holds 4 of them (rank 1 gets 3 in the last)
+        ids = torch.arange(step * 8 + rank * 4, step * 8 + rank * 4 + 4)
+        if step == 9 and rank == 1:
+            ids = ids[:3]
+        buf.add(ids.float()[:, None], ids, step // 5, logits=ids.float()[:, None].expand(-1, 2))
+    torch.save(buf.state_dict(), f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_ddp_ranks_hold_the_single_process_buffer(tmp_path):
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    single = ReservoirBuffer(12, (1,), num_logits=2, seed=5)
+    for step in range(10):  # the same gathered batches (rank 0's items first) in one process
+        ids = torch.arange(step * 8, step * 8 + (7 if step == 9 else 8))
+        single.add(ids.float()[:, None], ids, step // 5, logits=ids.float()[:, None].expand(-1, 2))
+    for rank in range(2):
+        state = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        for key, value in single.state_dict().items():
+            assert torch.equal(state[key], value), (rank, key)
