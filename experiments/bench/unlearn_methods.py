@@ -1,0 +1,107 @@
+"""Benchmark: every unlearning method on one checkpoint and one forget set, against ``retrain``.
+
+    python experiments/bench/unlearn_methods.py --checkpoint RUN_DIR --forget class --classes 3 --out /tmp/ubench
+
+Runs ``retrain`` first (the reference), then SSD twice (empty importance cache, then cached), then the other
+methods with ``reference=<retrain run>``, each through :func:`unlearn.pipeline.run_unlearning` in-process (same code
+path as ``python -m unlearn.run``). Writes ``table.md`` / ``table.json`` in ``--out``: retain / forget accuracies,
+both MIAs, the probe, seconds, plus the speed ratios ``retrain / ssd`` (goal >= 50) and ``ssd uncached / cached``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+COLUMNS = (
+    "retain_train_acc",
+    "retain_test_acc",
+    "forget_train_acc",
+    "forget_test_acc",
+    "mia_entropy",
+    "mia_loss",
+    "probe_forget_test_acc",
+    "seconds",
+)
+DEFAULT_METHODS = ("ssd", "lfssd", "iau", "finetune", "gradient_ascent", "random_label", "bad_teacher")
+
+
+def compose(overrides: list[str]):  # noqa: ANN201
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    import cl.resolvers  # noqa: F401
+    import unlearn.resolvers  # noqa: F401
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        return hydra_compose(config_name="unlearn", overrides=overrides)
+
+
+def run_one(name: str, base: list[str], out: Path, extra: list[str]) -> dict:
+    from unlearn.pipeline import run_unlearning
+
+    overrides = [*base, f"unlearn_method={name.split(':')[0]}", *extra]
+    run_dir = out / name.replace(":", "_")
+    report = run_unlearning(compose(overrides), run_dir, overrides)
+    print(f"{name:>16}: " + " ".join(f"{c}={report.get(c)}" for c in COLUMNS), flush=True)
+    return report
+
+
+def markdown(rows: dict[str, dict]) -> str:
+    def f(v: object) -> str:
+        return "–" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    head = "| method | " + " | ".join(COLUMNS) + " |\n|" + "---|" * (len(COLUMNS) + 1) + "\n"
+    first = next(iter(rows.values()))
+    lines = ["| original | " + " | ".join(f(first.get(f"original_{c}")) for c in COLUMNS) + " |"]
+    lines += ["| " + k + " | " + " | ".join(f(r.get(c)) for c in COLUMNS) + " |" for k, r in rows.items()]
+    return head + "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--forget", default="class")
+    ap.add_argument("--classes", default="3", help="forget.classes for forget=class, e.g. 3 or 3,7")
+    ap.add_argument("--methods", default=",".join(DEFAULT_METHODS))
+    ap.add_argument("--extra", nargs="*", default=[], help="more overrides, e.g. unlearn_method.importance=per_sample")
+    ap.add_argument("--out", default="/tmp/unlearn_bench")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    base = [f"checkpoint={args.checkpoint}", f"forget={args.forget}", *args.extra]
+    if args.forget == "class":
+        base.append(f"forget.classes=[{args.classes}]")
+    from unlearn.context import source_run_dir
+
+    shutil.rmtree(source_run_dir(args.checkpoint) / "unlearn_cache", ignore_errors=True)
+    rows = {"retrain": run_one("retrain", base, out, [])}
+    ref = [f"reference={out / 'retrain'}"]
+    for name in args.methods.split(","):
+        if name == "ssd":
+            rows["ssd (no cache)"] = run_one("ssd", base, out, ref)
+            rows["ssd (cached)"] = run_one("ssd:cached", base, out, ref)
+        else:
+            rows[name] = run_one(name, base, out, ref)
+    speed = {}
+    if "ssd (cached)" in rows:
+        speed = {
+            "retrain_over_ssd_uncached": rows["retrain"]["seconds"] / rows["ssd (no cache)"]["seconds"],
+            "retrain_over_ssd_cached": rows["retrain"]["seconds"] / rows["ssd (cached)"]["seconds"],
+            "ssd_uncached_over_cached": rows["ssd (no cache)"]["seconds"] / rows["ssd (cached)"]["seconds"],
+        }
+    text = markdown(rows) + "\n" + json.dumps(speed, indent=1) + "\n"
+    (out / "table.md").write_text(text)
+    (out / "table.json").write_text(json.dumps({"rows": rows, "speed": speed}, indent=1, default=str))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""End to end on a tiny digits checkpoint trained once per module: every unlearning config runs, the reports are
+complete and honest, the source checkpoint is untouched, and bad input stops before any work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import compose_config, run_cl
+
+CONF = Path(__file__).resolve().parents[2] / "conf" / "unlearn_method"
+FAST = {  # keep the training-based baselines to a few steps
+    "finetune": ["unlearn_method.epochs=1"],
+    "random_label": ["unlearn_method.epochs=1"],
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("cl_run")
+    torch.manual_seed(0)
+    run_cl(compose_config(["method=joint", "logger=none", "+trainer.limit_train_batches=4"], run_dir))
+    return run_dir
+
+
+def unlearn(ckpt: Path | str, out: Path, *overrides: str) -> dict:
+    import unlearn.resolvers  # noqa: F401
+    from unlearn.pipeline import run_unlearning
+
+    ov = [f"checkpoint={ckpt}", *overrides]
+    cfg = compose_config(ov, out, shrink=False, config_name="unlearn")
+    return run_unlearning(cfg, out, ov)
+
+
+def _hash(path: Path) -> str:
+    from unlearn.context import file_sha256
+
+    return file_sha256(path)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in CONF.glob("*.yaml")))
+def test_every_unlearning_config_runs_and_reports(trained, tmp_path, name):
+    from cl.engine.checkpoint import load_checkpoint
+
+    ckpt = trained / "checkpoints" / "task_4.ckpt"
+    before = _hash(ckpt)
+    r = unlearn(trained, tmp_path, f"unlearn_method={name}", "forget.classes=[3]", *FAST.get(name, []))
+    assert _hash(ckpt) == before  # the source checkpoint is never modified
+    for k in ("retain_train_acc", "retain_test_acc", "forget_train_acc", "forget_test_acc", "test_acc"):
+        assert 0.0 <= r[k] <= 1.0 and 0.0 <= r[f"original_{k}"] <= 1.0
+    for k in ("mia_entropy", "mia_loss", "probe_forget_test_acc"):
+        assert 0.0 <= r[k] <= 1.0
+    assert len(r["per_task_acc"]) == len(r["original_per_task_acc"]) == 5 and r["seconds"] > 0
+    assert r["sizes"]["forget_train"] + r["sizes"]["retain_train"] == 1347
+    assert r["forget_classes"] == [3]
+    for f in ("unlearn_report.json", "unlearn_report.csv", "unlearn_report.png", "splits/forget_train.csv"):
+        assert (tmp_path / f).is_file()
+    out = load_checkpoint(tmp_path / "checkpoints" / "unlearned_task_4.ckpt")
+    assert out["unlearning"]["method"] == name and out["unlearning"]["checkpoint_sha256"] == before
+    if name in ("iau", "ssd", "gradient_ascent"):  # each moves the weights away from the original
+        src = load_checkpoint(ckpt)["state_dict"]
+        assert any(not torch.equal(src[k], v) for k, v in out["state_dict"].items() if v.is_floating_point())
+
+
+def test_ssd_cache_pays_only_for_the_forget_set_the_second_time(trained, tmp_path):
+    import shutil
+
+    shutil.rmtree(trained / "unlearn_cache", ignore_errors=True)
+    a = unlearn(trained, tmp_path / "a", "unlearn_method=ssd", "forget.classes=[1]")
+    b = unlearn(trained, tmp_path / "b", "unlearn_method=ssd", "forget.classes=[1]")
+    c = unlearn(trained, tmp_path / "c", "unlearn_method=ssd", "forget.classes=[2]")  # new forget set, same D
+    assert not a["method_info"]["importance_cached"] and len(list((trained / "unlearn_cache").glob("*.pt"))) == 1
+    assert b["method_info"]["importance_cached"] and c["method_info"]["importance_cached"]
+    assert a["retain_test_acc"] == b["retain_test_acc"]  # the cached importance gives the same unlearned model
+    assert a["method_info"]["selected_parameters"] == b["method_info"]["selected_parameters"]
+    d = unlearn(
+        trained, tmp_path / "d", "unlearn_method=ssd", "unlearn_method.importance=per_sample", "forget.classes=[1]"
+    )
+    assert not d["method_info"]["importance_cached"]  # another mode is another cache entry
+
+
+def test_reference_gap_and_split_reuse(trained, tmp_path):
+    ref = unlearn(trained, tmp_path / "ref", "unlearn_method=iau", "forget=random", "forget.count=40")
+    r = unlearn(
+        trained,
+        tmp_path / "x",
+        "unlearn_method=ssd",
+        "forget=indices",
+        f"forget.path={tmp_path / 'ref'}",
+        f"reference={tmp_path / 'ref'}",
+    )
+    assert r["split_digest"] == ref["split_digest"] and r["forget_test_acc"] is None
+    assert r["gap_to_reference_retain_test_acc"] == pytest.approx(r["retain_test_acc"] - ref["retain_test_acc"])
+    from unlearn.context import UnlearnConfigError
+
+    with pytest.raises(UnlearnConfigError, match="was run on another split"):
+        unlearn(trained, tmp_path / "y", "forget.classes=[3]", f"reference={tmp_path / 'ref'}")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["forget.classes=[9]"], r"never seen by the checkpoint \(experiences 0..1\); allowed: \["),
+        (["forget.classes=[]"], "forget.classes is empty"),
+        (["forget=random", "forget.count=0"], "allowed: 1..541"),
+        (["forget=task", "forget.experience=3"], "forget.experience=3; allowed"),
+        (["forget.classes=[1,4,5,7]"], "the forget set is the whole training set"),
+        (["unlearn_method=iau", "unlearn_method.optimizer=lbfgs", "forget.classes=[1]"], "optimizer='lbfgs'"),
+    ],
+)
+def test_bad_input_stops_before_any_work(trained, tmp_path, overrides, message):
+    from unlearn.context import UnlearnConfigError
+
+    with pytest.raises(UnlearnConfigError, match=message):
+        unlearn(trained / "checkpoints" / "task_1.ckpt", tmp_path, *overrides)
+    assert not (tmp_path / "splits").exists() and not (tmp_path / "checkpoints").exists()
+
+
+def test_foreign_or_missing_checkpoint_is_refused(tmp_path):
+    from unlearn.context import UnlearnConfigError
+
+    foreign = tmp_path / "model.ckpt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(UnlearnConfigError, match="is not a checkpoint written by cl.run"):
+        unlearn(foreign, tmp_path / "o", "forget.classes=[1]")
+    with pytest.raises(UnlearnConfigError, match="checkpoint is not set"):
+        unlearn("", tmp_path / "o", "forget.classes=[1]")
