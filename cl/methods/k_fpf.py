@@ -79,7 +79,7 @@ class KFPF(ContinualMethod):
             raise ValueError("method.modules='auto' is not supported by k_fpf; allowed: 'default' or patterns")
         self.k = int(k)
         self.kd = bool(kd)
-        self.modules = modules if isinstance(modules, str) else [str(m) for m in modules]
+        self.selection = modules if isinstance(modules, str) else [str(m) for m in modules]
         self.fpf_opts = dict(
             iterations=int(fpf_iterations), lr=float(fpf_lr), momentum=float(fpf_momentum),
             batch_size=int(fpf_batch_size), optimizer=str(fpf_optimizer),
@@ -140,7 +140,7 @@ class KFPF(ContinualMethod):
     def trigger(self) -> None:
         """One FPF call on the buffer (recorded in ``triggers_done`` and ``trigger_at``)."""
         if not self._selected:
-            self._selected = resolve_selection(self, self.modules, key="method.modules")
+            self._selected = resolve_selection(self, self.selection, key="method.modules")
         result = fpf_finetune(self, self.buffer, self._selected, **self.fpf_opts)
         self.fpf_flops += result.flops
         self.trigger_at[int(self.triggers_done)] = self.run_step

@@ -13,6 +13,8 @@ all logits). Design choices (the paper's values are not public; all are config k
 * only the selected modules are in train mode: their batch-norm running statistics adapt to the buffer, while every
   other module is in eval mode, so every parameter *and buffer* outside P is bitwise unchanged;
 * logits are masked like the method's training logits (``train_logit_mask()``: classes seen so far);
+* under DDP every rank draws its own replay batch and the gradients of P are averaged over ranks (all-reduce), so the
+  ranks' weights stay identical (batch-norm running statistics of selected layers are per rank, as in DDP training);
 * FLOPs of the fine-tuning (forward + backward) are counted with ``torch.utils.flop_counter``'s formulas and returned.
 """
 
@@ -104,6 +106,7 @@ def fpf_finetune(
                     loss = loss + kd_beta * F.mse_loss(logits, s.logits.to(logits))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                _average_gradients(params)
                 opt.step()
                 losses.append(float(loss.detach()))
         flops = int(counter.get_total_flops())
@@ -115,3 +118,15 @@ def fpf_finetune(
         for m, mode in modes.items():
             m.train(mode)
     return FPFResult(flops, n_params, losses[0], losses[-1])
+
+
+def _average_gradients(params: list[nn.Parameter]) -> None:
+    """All-reduce (mean) the gradients of ``params`` when a process group is running; no-op otherwise."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return
+    world = dist.get_world_size()
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad.div_(world)
