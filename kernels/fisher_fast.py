@@ -123,6 +123,17 @@ def fast_batch(
 
 
 def _attempt(plan, model, forward_fn, x, y, generator, chunk, seq, vec, acc):  # noqa: ANN001, ANN202
+    records: list[list] = []  # every capture; emptied at the end (the grad hooks' closures hold them: no cycles)
+    try:
+        return _attempt_inner(plan, model, forward_fn, x, y, generator, chunk, seq, vec, acc, records)
+    finally:
+        for rec in records:
+            rec.clear()
+        for owner in plan.owners.values():
+            owner.calls.clear()
+
+
+def _attempt_inner(plan, model, forward_fn, x, y, generator, chunk, seq, vec, acc, records):  # noqa: ANN001, ANN202
     failed: list[str] = []
     handles = []
     subs: list[tuple[nn.Module, str, Tensor, Tensor]] = []
@@ -147,6 +158,7 @@ def _attempt(plan, model, forward_fn, x, y, generator, chunk, seq, vec, acc):  #
             inp = args[0].detach().clone() if cloned else args[0]
             rec = [inp, out, inp._version, out._version, None]
             owner.calls.append(rec)
+            records.append(rec)
             if out.requires_grad:
 
                 def grad_hook(g: Tensor, rec: list = rec) -> None:
@@ -199,6 +211,7 @@ def _attempt(plan, model, forward_fn, x, y, generator, chunk, seq, vec, acc):  #
     finally:
         for h in handles:
             h.remove()
+
         for mod, local, p, _ in subs:
             mod._parameters[local] = p
     for (_, _, full), (_, _, p, _), g in zip(plan.broadcast, subs, grads[: len(subs)]):

@@ -95,7 +95,8 @@ def _tokens(ts: list[Tensor], feat_dims: int) -> Tensor | None:
         return False
     b = ts[0].shape[0]
     feats = ts[0].shape[ts[0].dim() - feat_dims :]
-    return torch.cat([t.reshape(b, -1, *feats) for t in ts], dim=1)
+    parts = [t.reshape(b, -1, *feats) for t in ts]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
 def linear_rule(

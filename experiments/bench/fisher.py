@@ -7,7 +7,9 @@ For each model (tiny ViT, reduced ResNet-18 for 32x32, MLP) and the same N sampl
   naive      a per-sample autograd loop (timed on --naive-samples samples, scaled to N),
 each as a ratio to ``train`` (goal for fast: <= 1.25), and the peak resident memory above the baseline of the worker
 process (goal for fast: <= 1.5x train). Each model runs in its own worker process (fresh allocator, VmHWM reset via
-/proc/self/clear_refs). Random data; nothing is downloaded. Not a test: ``python experiments/bench/fisher.py``.
+/proc/self/clear_refs; on CUDA the allocator's peak). Random data; nothing is downloaded. Not a test:
+``python experiments/bench/fisher.py`` (CPU), ``python experiments/bench/fisher.py --device cuda`` (GPU: fast uses the
+Triton kernels for Linear layers; run ``pytest -m gpu tests/kernels`` first to check them).
 """
 
 from __future__ import annotations
@@ -62,9 +64,12 @@ def _worker(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
     model, shape = _build(args.model)
-    x = torch.randn(args.samples, *shape)
-    y = torch.randint(0, 10, (args.samples,))
+    model.to(device)
+    x = torch.randn(args.samples, *shape, device=device)
+    y = torch.randint(0, 10, (args.samples,), device=device)
     batches = [(x[i : i + args.batch], y[i : i + args.batch]) for i in range(0, args.samples, args.batch)]
 
     def train() -> None:
@@ -93,14 +98,21 @@ def _worker(args: argparse.Namespace) -> dict:
     peak: dict[str, float] = {}
     for rep in range(args.repeats + 1):  # interleaved; rep 0 is a warm-up that also records the peak memory
         for m in methods:
-            if rep == 0:
+            if rep == 0 and cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated() / 1024
+            elif rep == 0:
                 Path("/proc/self/clear_refs").write_text("5")
                 base = _rss_kib("VmRSS")
             t0 = time.perf_counter()
             runs[m]()
+            if cuda:
+                torch.cuda.synchronize()
             dt = time.perf_counter() - t0
             if rep == 0:
-                peak[m] = (_rss_kib("VmHWM") - base) / 1024
+                top = torch.cuda.max_memory_allocated() / 1024 if cuda else _rss_kib("VmHWM")
+                peak[m] = (top - base) / 1024
             else:
                 times[m] = min(times[m], dt * (args.samples / args.naive_samples if m == "naive" else 1.0))
     fast = fisher_diagonal(model, batches, backend="fast")
@@ -119,7 +131,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--naive-samples", type=int, default=32, help="the naive loop is timed on this many, scaled to N")
     ap.add_argument("--func-chunk", type=int, default=16, help="samples per vmap call of the torch.func reference")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--threads", type=int, default=1, help="1 on a shared machine: OpenMP spin-waits ruin many-small-op timings"
+    )
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda to time the Triton-dispatched path on a GPU")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--json", help="also write the results to this file")
