@@ -18,8 +18,10 @@ How a DDP run works (``trainer=ddp`` on GPUs, ``trainer=ddp_cpu`` for 2 gloo pro
   gradient of the whole global batch.
 * **Training data order.** :class:`ShardedEpochSampler` draws one permutation per (experience, epoch) from the run's
   seed, the same for any W, and gives rank r the positions r, r+W, ...; per-rank batch b therefore holds exactly the
-  global positions [b*B, (b+1)*B) of a 1-process run (B = global batch), split by rank. So a W-process run sees the
-  same samples in the same steps as a 1-process run. Bounded difference: when the experience's sample count N is not
+  global positions [b*B, (b+1)*B) of a 1-process run (B = global batch), split by rank: row i of rank r is row
+  i*W + r of the 1-process batch (so gathering the ranks' batches *interleaved* rebuilds it in order, which
+  order-dependent state such as a reservoir buffer needs to match). A W-process run sees the same samples in the same
+  steps as a 1-process run. Bounded difference: when the experience's sample count N is not
   a multiple of W, the permutation is padded with its first ``(-N) % W`` samples (at most W-1 duplicates per epoch,
   all in the last step), as ``DistributedSampler`` does; the float sums of the all-reduce also differ in the last bits.
   Lightning's own distributed sampler is switched off (``use_distributed_sampler=False``) because the engine shards.

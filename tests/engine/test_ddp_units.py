@@ -37,6 +37,8 @@ def test_ranks_together_see_the_one_process_batches(n: int, global_batch: int, w
             union = sorted(i for r in range(world) for i in per_rank[r][step])
             if step < len(one) - 1 or n % world == 0:
                 assert union == sorted(batch)  # same samples in the same step
+                rows = len(per_rank[0][step])  # and row i of rank r is row i * world + r of the 1-process batch
+                assert [per_rank[r][step][i] for i in range(rows) for r in range(world)] == batch
             else:  # last step: the permutation's first (-n) % world samples are repeated, nothing else differs
                 extra = sorted(union)
                 for i in batch:
