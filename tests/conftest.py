@@ -10,6 +10,10 @@ import tempfile
 
 os.environ["HOME"] = tempfile.mkdtemp(prefix="cl-test-home-")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Triton reads TRITON_INTERPRET when it is first imported (any test may import it first): on a machine without a GPU
+# the fused kernels run through Triton's interpreter on CPU tensors.
+if not os.path.exists("/dev/nvidia0") and not os.environ.get("CUDA_VISIBLE_DEVICES"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
 
