@@ -70,10 +70,11 @@ class CodaPool(nn.Module):
         super().__init__()
         if pool_size < 1 or length < 0:
             raise ValueError(f"method.pool_size={pool_size}, method.prompt_length={length}; need pool >= 1, L >= 0")
-        if pool_size > min(key_dim, length * dim if length else key_dim):
+        limit = min(key_dim, length * dim if length else key_dim)
+        if pool_size > limit:
             raise ValueError(
-                f"method.pool_size={pool_size} exceeds the key dimension {key_dim} of the backbone: the components "
-                f"cannot be orthogonal; allowed: pool_size <= {key_dim}"
+                f"method.pool_size={pool_size} exceeds the dimension of the components (key dim {key_dim}, prompt "
+                f"size L*D = {length * dim}): they cannot be orthogonal; allowed: pool_size <= {limit}"
             )
         self.layers = [int(i) for i in layers]
         self.pool_size, self.length, self.dim, self.key_dim = pool_size, length, dim, key_dim
