@@ -7,7 +7,7 @@
     python -m cl.run trainer=ddp trainer.devices=4      # multi-GPU DDP (cl/engine/distributed.py)
 
 Preemption: a SIGTERM while training exits with 143 once the completed experiences are checkpointed; running the
-same command into the same run dir resumes. ``+requeue_on_preempt=true`` inside a SLURM job first calls
+same command into the same run dir resumes. ``requeue_on_preempt=true`` inside a SLURM job first calls
 ``scontrol requeue`` (needed after ``scancel --signal=TERM``; submitit's USR2 path requeues by itself).
 
 Heavy imports (torch, lightning, timm, avalanche) happen inside :func:`main`, so ``--help`` stays fast.

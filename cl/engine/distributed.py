@@ -50,7 +50,7 @@ Contract for methods (state kept across experiences must be identical on every r
 Preemption: a SIGTERM during ``trainer.fit`` becomes :class:`cl.engine.loop.Preempted`; one received outside it
 (evaluation, checkpoint writing) is held by :class:`SigtermLatch` until the experience's checkpoint is written, and the
 run stops before the next experience (all ranks agree, :func:`any_rank`). ``cl.run`` exits with 143 after
-the completed experiences' checkpoints are on disk, and, with ``+requeue_on_preempt=true`` inside a SLURM job, first
+the completed experiences' checkpoints are on disk, and, with ``requeue_on_preempt=true`` inside a SLURM job, first
 asks SLURM to requeue the job (:func:`requeue_slurm_job`). The requeued job re-runs the same command into the same run
 directory, which resumes after the last completed experience.
 """

@@ -135,7 +135,7 @@ def test_sigterm_during_training_checkpoints_requeues_and_resumes(reference, tmp
         "+callbacks.sigterm.experience=2",
         "+callbacks.sigterm.step=1",
         f"+callbacks.sigterm.marker={marker}",
-        "+requeue_on_preempt=true",
+        "requeue_on_preempt=true",
     ]
 
     first = _cl_run(run_dir, hook, env, timeout=280)
