@@ -14,7 +14,10 @@ import argparse
 import copy
 import sys
 
-GRID = {"batch": [1.0, 2.0, 5.0, 10.0, 25.0, 50.0], "per_sample": [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]}
+GRID = {
+    "batch": [1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 200.0, 500.0],
+    "per_sample": [0.2, 0.4, 0.6, 0.8, 0.85, 0.9, 0.95, 0.98],
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mode", default="per_sample", choices=sorted(GRID))
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lambdas", default="1.0,0.1")
+    ap.add_argument("--grid", default=None, help="comma-separated alphas (alpha_relative for per_sample)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     ctx = load_context(args.checkpoint)
@@ -59,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         ratio = len(full) / len(forget)
         pools = [PoolDataset(stream, split.retain_test, "test"), PoolDataset(stream, split.forget_test, "test")]
-        for a in GRID[args.mode]:
+        for a in [float(v) for v in args.grid.split(",")] if args.grid else GRID[args.mode]:
             alpha = a * ratio if args.mode == "per_sample" else a
             for lam in (float(v) for v in args.lambdas.split(",")):
                 m = copy.deepcopy(model)
