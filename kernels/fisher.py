@@ -171,6 +171,15 @@ def _fast_part(plan, model, forward_fn, x, y, generator, chunk, seq, vec, sums) 
             else:
                 plan.broadcast = [b for b in plan.broadcast if b[2] != full]
                 failed.append(full)
+    if not plan.drive_decided:  # may later batches drive the backward through x alone? probe on two samples
+        plan.drive_decided = True
+        if x.is_floating_point():
+            reached = set(plan.fired)
+            plan.drive_x, plan.probe = True, True
+            scratch = {n: torch.zeros_like(v) for n, v in sums.items()}
+            fisher_fast.fast_batch(plan, model, forward_fn, x[:2], y[:2], generator, chunk, seq, vec, scratch)
+            plan.probe = False
+            plan.drive_x = plan.fired == reached
     for full in failed:
         if full not in plan.fallback:
             plan.fallback.append(full)

@@ -8,7 +8,9 @@ Mechanics of one batch (``fast_batch``):
    ``g = d(sum_i l_i)/dy``; as soon as all calls of a module have their gradient, the rule runs inside the backward
    and the captured tensors are released (peak memory close to a training pass).
 2. ``torch.autograd.grad(sum_i l_i, drivers)`` with the drivers being layer outputs (or inputs), never parameters,
-   so no weight gradient is computed and ``.grad`` is untouched.
+   so no weight gradient is computed and ``.grad`` is untouched. After the first batch, a 2-sample probe checks that
+   driving through the input ``x`` alone reaches the same layers; if so, later batches drive through ``x`` only, so
+   that autograd does not hold every layer's output gradient until the end (peak memory as in training).
 3. Parameters that broadcast over the batch (leading dim 1, e.g. ViT ``cls_token`` / ``pos_embed``) are replaced for
    the forward by a batch-expanded leaf ``P (B, ...)``; ``dL/dP_i`` is then exactly sample i's gradient. The rule is
    checked once against the reference on two samples and dropped if it disagrees.
@@ -46,6 +48,10 @@ class FastPlan:
     fallback: list[str]
     clone: set[str] = field(default_factory=set)
     checked_broadcast: bool = False
+    drive_x: bool = False  # drive the backward through the input x only (holds no layer-output gradients)
+    drive_decided: bool = False
+    probe: bool = False  # a probe pass: leave the broadcast check values alone
+    fired: set[str] = field(default_factory=set)  # modules whose output gradient arrived in the last pass
     check_values: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)  # (batch sum, first-two sum)
 
 
@@ -114,6 +120,7 @@ def fast_batch(
     """Adds this batch's sums of squared per-sample gradients into ``acc`` (full name -> accumulator);
     returns (labels used, names left to the reference). Broadcast parameters are held in ``plan.check_values``
     until the caller has checked them once."""
+    plan.fired.clear()
     for _ in range(3):
         result = _attempt(plan, model, forward_fn, x, y, generator, chunk, seq, vec, acc)
         if isinstance(result, tuple):
@@ -135,6 +142,7 @@ def _attempt(plan, model, forward_fn, x, y, generator, chunk, seq, vec, acc):  #
 
 def _attempt_inner(plan, model, forward_fn, x, y, generator, chunk, seq, vec, acc, records):  # noqa: ANN001, ANN202
     failed: list[str] = []
+    x_in = x.detach().requires_grad_(True) if plan.drive_x and x.is_floating_point() else x
     handles = []
     subs: list[tuple[nn.Module, str, Tensor, Tensor]] = []
 
@@ -151,7 +159,14 @@ def _attempt_inner(plan, model, forward_fn, x, y, generator, chunk, seq, vec, ac
 
     def fwd_hook(mname: str, owner: _Owner) -> Callable:
         def hook(mod: nn.Module, args: tuple, kwargs: dict, out: object) -> object:
-            if len(args) != 1 or kwargs or not isinstance(args[0], Tensor) or not isinstance(out, Tensor):
+            if (
+                len(args) != 1
+                or kwargs
+                or not isinstance(args[0], Tensor)
+                or not isinstance(out, Tensor)
+                or args[0].dim() == 0
+                or args[0].shape[0] != x.shape[0]  # not batched (e.g. a layer applied to a parameter)
+            ):
                 owner.calls.append([None, None, 0, 0, None])  # unsupported call pattern
                 return None
             cloned = mname in plan.clone  # keep private copies: later in-place ops cannot reach them
@@ -163,6 +178,7 @@ def _attempt_inner(plan, model, forward_fn, x, y, generator, chunk, seq, vec, ac
 
                 def grad_hook(g: Tensor, rec: list = rec) -> None:
                     rec[4] = g
+                    plan.fired.add(mname)
                     if owner.rule is not None and all(c[4] is not None for c in owner.calls):
                         run_rule(owner)
 
@@ -182,20 +198,22 @@ def _attempt_inner(plan, model, forward_fn, x, y, generator, chunk, seq, vec, ac
             mod._parameters[local] = sub
             subs.append((mod, local, p, sub))
         with torch.enable_grad():
-            logits = model(x) if forward_fn is None else forward_fn(x)
+            logits = model(x_in) if forward_fn is None else forward_fn(x_in)
             if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
                 raise ValueError(f"fisher_diagonal: forward_fn must return logits (B, C); got {tuple(logits.shape)}")
             if y is None:
                 y = sample_labels(logits, generator)
             loss = F.cross_entropy(logits, y, reduction="sum")
-        drivers: list[Tensor] = [s[3] for s in subs]
+        drivers: list[Tensor] = [s[3] for s in subs] + ([x_in] if x_in is not x else [])
         retry = False
         for mname, owner in plan.owners.items():
             for rec in owner.calls:
                 if rec[0] is None:
                     continue
                 need_clone = rec[0]._version != rec[2]  # module input changed in place afterwards
-                if not need_clone and rec[1]._version == rec[3]:
+                if not need_clone and x_in is not x and rec[0].requires_grad:
+                    pass  # reached through x (checked once by a probe, see kernels.fisher._fast_part)
+                elif not need_clone and rec[1]._version == rec[3]:
                     if rec[1].requires_grad:
                         drivers.append(rec[1])
                 elif not need_clone and rec[0].requires_grad:
@@ -219,7 +237,7 @@ def _attempt_inner(plan, model, forward_fn, x, y, generator, chunk, seq, vec, ac
             g = torch.zeros(x.shape[0], *p.shape[1:], dtype=p.dtype, device=p.device)
         if plan.checked_broadcast:
             acc[full].add_(g.square().sum(0, keepdim=True).to(acc[full].dtype))
-        else:
+        elif not plan.probe:
             plan.check_values[full] = (g.square().sum(0, keepdim=True), g[:2].square().sum(0, keepdim=True))
     for owner in plan.owners.values():
         if any(c[0] is None for c in owner.calls) or (not owner.done and not owner.calls and owner.rule is not None):

@@ -96,8 +96,9 @@ def test_project_backbones(factory) -> None:  # noqa: ANN001
     x = torch.randn(3, 3, 16, 16, generator=gen, dtype=torch.float64)
     y = torch.randint(0, 10, (3,), generator=gen)
     layers = ["conv1", "bn1", "layer1.0", "layer4.1", "fc"] if factory is tiny_resnet else None  # keep it fast
-    ref = fisher_diagonal(model, [(x, y)], backend="reference", layers=layers)
-    fast = fisher_diagonal(model, [(x, y)], backend="fast", chunk=2, layers=layers)
+    data = [(x[:2], y[:2]), (x[2:], y[2:])]  # the second batch drives the backward through x only
+    ref = fisher_diagonal(model, data, backend="reference", layers=layers)
+    fast = fisher_diagonal(model, data, backend="fast", chunk=2, layers=layers)
     assert fast.fallback == ()  # every parameter of these backbones has an exact fast rule
     worst = max(rel_err(fast.diag[n], ref.diag[n]) for n in ref.diag)
     assert worst < 1e-5
@@ -133,3 +134,35 @@ def test_unused_module_gets_zero() -> None:
     assert res.diag["unused.weight"].abs().max() == 0
     assert res.diag["used.weight"].abs().max() > 0
     assert res.diag["odd.w"].abs().max() == 0  # never called
+
+
+def test_layers_not_depending_on_x() -> None:
+    """A Linear on a parameter (unbatched: reference fallback) and on a batch-expanded parameter (not reached by a
+    backward driven through x: the probe keeps the per-layer drivers)."""
+
+    class QueryNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.q = nn.Parameter(torch.randn(2, 4))
+            self.table = nn.Linear(4, 4)
+            self.proj = nn.Linear(4, 4)
+            self.inp = nn.Linear(5, 4)
+            self.head = nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            keys = self.table(self.q)  # (2, 4): no batch dimension
+            prompts = self.proj(self.q.unsqueeze(0).expand(x.shape[0], -1, -1))  # batched, independent of x
+            h = self.inp(x).unsqueeze(1) * prompts + keys
+            return self.head(torch.tanh(h).mean(1))
+
+    torch.manual_seed(0)
+    model = QueryNet().double()
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(6, 5, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 3, (6,), generator=gen)
+    data = [(x[:3], y[:3]), (x[3:], y[3:])]
+    ref = fisher_diagonal(model, data, backend="reference")
+    fast = fisher_diagonal(model, data, backend="fast")
+    assert fast.fallback == ("table.bias", "table.weight")
+    for n in ref.diag:
+        assert rel_err(fast.diag[n], ref.diag[n]) < 1e-5, n
