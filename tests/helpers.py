@@ -14,8 +14,13 @@ import cl.resolvers  # noqa: F401
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
+# conf/cl.yaml's default preset is the offline default (experiment=coda_digits): tests compose the plain base config
+# (finetune, vit_tiny) unless their overrides name a preset themselves (``experiment=...`` wins over this entry;
+# Hydra refuses `experiment=null` for a non-null default, `~experiment` drops it).
+BASE = "~experiment"
 # CPU, one epoch of at most 3 batches, no progress bar: a whole 5-experience digits stream in seconds.
 SHRINK = [
+    BASE,
     "trainer.max_epochs=1",
     "+trainer.limit_train_batches=3",
     "trainer.enable_progress_bar=false",
@@ -27,11 +32,12 @@ def compose_config(overrides: list[str], run_dir: Path, shrink: bool = True, con
     """Compose the real config with ``overrides`` (shrunk unless ``shrink=False``) and make ``run_dir`` Hydra's
     output directory, so that ``cl.experiment.run_experiment`` can run it in-process."""
     GlobalHydra.instance().clear()
-    extra = [o for o in SHRINK if o.split("=")[0].lstrip("+") not in {x.split("=")[0].lstrip("+") for x in overrides}]
+    keys = {x.split("=")[0].lstrip("+~") for x in overrides}
+    extra = [o for o in (SHRINK if shrink else [BASE]) if o.split("=")[0].lstrip("+~") not in keys]
+    if config_name != "cl":  # BASE names conf/cl.yaml's preset group
+        extra = [o for o in extra if o != BASE]
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        cfg = compose(
-            config_name=config_name, overrides=(extra if shrink else []) + overrides, return_hydra_config=True
-        )
+        cfg = compose(config_name=config_name, overrides=extra + overrides, return_hydra_config=True)
     run_dir = Path(run_dir)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(run_dir)
