@@ -159,6 +159,20 @@ def _fast_part(plan, model, forward_fn, x, y, generator, chunk, seq, vec, sums) 
     """One batch of the fast backend, added into ``sums``; the reference covers what the rules could not."""
     from kernels import fisher_fast, fisher_reference
 
+    if not plan.drive_decided:  # can the backward be driven through x alone? two 2-sample probes decide
+        plan.drive_decided = True
+        if x.is_floating_point():
+            scratch = {n: torch.zeros_like(v) for n, v in sums.items()}
+            y_probe = torch.zeros(min(2, x.shape[0]), dtype=torch.long, device=x.device)
+            plan.probe = True
+            try:
+                fisher_fast.fast_batch(plan, model, forward_fn, x[:2], y_probe, None, chunk, seq, vec, scratch)
+                reached = set(plan.fired)
+                plan.drive_x = True
+                fisher_fast.fast_batch(plan, model, forward_fn, x[:2], y_probe, None, chunk, seq, vec, scratch)
+                plan.drive_x = plan.fired == reached
+            finally:
+                plan.probe = False
     y, failed = fisher_fast.fast_batch(plan, model, forward_fn, x, y, generator, chunk, seq, vec, sums)
     if plan.broadcast and not plan.checked_broadcast:  # one-time check of the broadcast rule on two samples
         plan.checked_broadcast = True
@@ -171,15 +185,6 @@ def _fast_part(plan, model, forward_fn, x, y, generator, chunk, seq, vec, sums) 
             else:
                 plan.broadcast = [b for b in plan.broadcast if b[2] != full]
                 failed.append(full)
-    if not plan.drive_decided:  # may later batches drive the backward through x alone? probe on two samples
-        plan.drive_decided = True
-        if x.is_floating_point():
-            reached = set(plan.fired)
-            plan.drive_x, plan.probe = True, True
-            scratch = {n: torch.zeros_like(v) for n, v in sums.items()}
-            fisher_fast.fast_batch(plan, model, forward_fn, x[:2], y[:2], generator, chunk, seq, vec, scratch)
-            plan.probe = False
-            plan.drive_x = plan.fired == reached
     for full in failed:
         if full not in plan.fallback:
             plan.fallback.append(full)

@@ -155,6 +155,8 @@ def _attempt_inner(plan, model, forward_fn, x, y, generator, chunk, seq, vec, ac
                 ok = owner.rule(owner.module, [c[0] for c in calls], [c[4] for c in calls], local_acc, chunk, seq, vec)
             if not ok:
                 failed.extend(owner.local.values())
+        for c in owner.calls:  # release the captures now, not at the end of the backward
+            c[0] = c[1] = c[4] = None
         owner.calls.clear()
 
     def fwd_hook(mname: str, owner: _Owner) -> Callable:
@@ -225,6 +227,8 @@ def _attempt_inner(plan, model, forward_fn, x, y, generator, chunk, seq, vec, ac
                     retry = True
         if retry:
             return y
+        for rec in records:
+            rec[1] = None  # outputs were only needed for the version checks (drivers hold their own references)
         grads = torch.autograd.grad(loss, drivers, allow_unused=True) if drivers else []
     finally:
         for h in handles:
