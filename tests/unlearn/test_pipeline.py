@@ -40,7 +40,14 @@ def _hash(path: Path) -> str:
     return file_sha256(path)
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in CONF.glob("*.yaml")))
+# retrain replays the whole training run: slow
+NAMES = [
+    pytest.param(n, marks=pytest.mark.slow) if n == "retrain" else n
+    for n in sorted(p.stem for p in CONF.glob("*.yaml"))
+]
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_every_unlearning_config_runs_and_reports(trained, tmp_path, name):
     from cl.engine.checkpoint import load_checkpoint
 
