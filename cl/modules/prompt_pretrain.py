@@ -12,9 +12,14 @@ pretraining (in the spirit of ImageNet -> CIFAR, but with disjoint classes). The
 away) is trained with AdamW; only the backbone's state dict is saved (timm format, atomic write).
 
 ``pretrained_vit(weights=PATH, ...)`` is the Hydra target of ``conf/backbone/vit_tiny_letters.yaml``: it pretrains
-and writes PATH if it is missing (about a minute on 2 CPU cores; the RNG of the run is not touched), then builds the
+and writes PATH if it is missing (several minutes on 2 CPU cores; the RNG of the run is not touched), then builds the
 :class:`cl.backbones.Backbone` from that file. ``python -m cl.modules.prompt_pretrain --out PATH`` does the same as a
-separate command.
+separate command; its defaults are the config's ``pretrain_cfg``. The weights of the offline default (1 channel,
+16 px) are committed, made by::
+
+    python -m cl.modules.prompt_pretrain --out assets/vit_tiny_letters_16px_1ch.pt
+
+(the same recipe; bit-identical floats are not promised across CPUs and thread counts).
 """
 
 from __future__ import annotations
@@ -111,10 +116,10 @@ def render_letters(samples_per_class: int, image_size: int, seed: int = 0) -> tu
 def pretrain(
     backbone_kwargs: dict[str, Any],
     out: str | os.PathLike[str],
-    samples_per_class: int = 150,
-    epochs: int = 6,
-    batch_size: int = 128,
-    lr: float = 2e-3,
+    samples_per_class: int = 200,
+    epochs: int = 8,
+    batch_size: int = 64,
+    lr: float = 3e-3,
     seed: int = 0,
 ) -> dict[str, float]:
     """Train ``Backbone(**backbone_kwargs)`` on the letters and write its state dict to ``out``; returns stats."""
@@ -180,8 +185,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="where to write the backbone state dict (.pt)")
     parser.add_argument("--in-chans", type=int, default=1)
     parser.add_argument("--img-size", type=int, default=16)
-    parser.add_argument("--samples-per-class", type=int, default=150)
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--samples-per-class", type=int, default=200)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
@@ -194,7 +201,16 @@ def main(argv: list[str] | None = None) -> None:
         depth=4,
         num_heads=3,
     )
-    print(pretrain(kwargs, args.out, samples_per_class=args.samples_per_class, epochs=args.epochs, seed=args.seed))
+    stats = pretrain(
+        kwargs,
+        args.out,
+        samples_per_class=args.samples_per_class,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+    )
+    print(stats)
 
 
 if __name__ == "__main__":
