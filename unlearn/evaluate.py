@@ -96,7 +96,11 @@ def evaluate_model(model: nn.Module, task: Any, eval_batch_size: int, probe: boo
         "forget_test": PoolDataset(stream, split.forget_test, "test"),
     }
     out = {k: forward_pool(model, ds, masks, device, eval_batch_size, probe) for k, ds in pools.items()}
-    test = {k: np.concatenate([out["retain_test"][k], out["forget_test"][k]]) for k in out["retain_test"]}
+    # forget_test is empty for sample-level forgets (its arrays are then 1-D and empty): concatenate the non-empty
+    test = {
+        k: np.concatenate([a for a in (out["retain_test"][k], out["forget_test"][k]) if len(a)])
+        for k in out["retain_test"]
+    }
     r: dict[str, Any] = {f"{k}_acc": _acc(v) for k, v in out.items()}
     r["test_acc"] = _acc(test)
     r["mia_entropy"] = entropy_attack(out["retain_train"]["entropy"], test["entropy"], out["forget_train"]["entropy"])
