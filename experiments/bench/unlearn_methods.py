@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     ap.add_argument("--extra", nargs="*", default=[], help="more overrides, e.g. unlearn_method.importance=per_sample")
     ap.add_argument("--out", default="/tmp/unlearn_bench")
+    ap.add_argument("--reference", default=None, help="an earlier retrain run dir (same split): reuse it")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -81,8 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     from unlearn.context import source_run_dir
 
     shutil.rmtree(source_run_dir(args.checkpoint) / "unlearn_cache", ignore_errors=True)
-    rows = {"retrain": run_one("retrain", base, out, [])}
-    ref = [f"reference={out / 'retrain'}"]
+    if args.reference:
+        rows = {"retrain": json.loads((Path(args.reference) / "unlearn_report.json").read_text())}
+    else:
+        rows = {"retrain": run_one("retrain", base, out, [])}
+    ref = [f"reference={args.reference or out / 'retrain'}"]
     for name in args.methods.split(","):
         if name == "ssd":
             rows["ssd (no cache)"] = run_one("ssd", base, out, ref)
@@ -97,8 +101,10 @@ def main(argv: list[str] | None = None) -> int:
             "ssd_uncached_over_cached": rows["ssd (no cache)"]["seconds"] / rows["ssd (cached)"]["seconds"],
         }
     text = markdown(rows) + "\n" + json.dumps(speed, indent=1) + "\n"
-    (out / "table.md").write_text(text)
-    (out / "table.json").write_text(json.dumps({"rows": rows, "speed": speed}, indent=1, default=str))
+    from cl.utils.atomic import write_text
+
+    write_text(out / "table.md", text)
+    write_text(out / "table.json", json.dumps({"rows": rows, "speed": speed}, indent=1, default=str))
     print(text)
     return 0
 
