@@ -96,9 +96,10 @@ def evaluate_model(model: nn.Module, task: Any, eval_batch_size: int, probe: boo
         "forget_test": PoolDataset(stream, split.forget_test, "test"),
     }
     out = {k: forward_pool(model, ds, masks, device, eval_batch_size, probe) for k, ds in pools.items()}
-    # forget_test is empty for sample-level forgets (its arrays are then 1-D and empty): concatenate the non-empty
+    # forget_test is empty for sample-level forgets (its arrays are then 1-D and empty), and "feat" is empty in both
+    # without the probe: concatenate the non-empty ones
     test = {
-        k: np.concatenate([a for a in (out["retain_test"][k], out["forget_test"][k]) if len(a)])
+        k: np.concatenate([a for a in (out["retain_test"][k], out["forget_test"][k]) if len(a)] or [np.zeros(0)])
         for k in out["retain_test"]
     }
     r: dict[str, Any] = {f"{k}_acc": _acc(v) for k, v in out.items()}
