@@ -23,8 +23,14 @@ def _meminfo_mb() -> int:
     raise AssertionError("no MemTotal in /proc/meminfo")
 
 
+def _nodes() -> list[str]:
+    return run(["sinfo", "-h", "-N", "-o", "%N|%t|%c|%m"], check=True).stdout.split()
+
+
 def test_node_idle_with_real_resources(slurm_cluster: dict[str, str]) -> None:
-    out = run(["sinfo", "-h", "-N", "-o", "%N|%t|%c|%m"], check=True).stdout.split()
+    # the cluster is shared by the session's tests: jobs of earlier tests may still be completing (state "mix")
+    wait_for(lambda: [n.split("|")[1] for n in _nodes()] == ["idle"], 180, "the node to be idle")
+    out = _nodes()
     assert len(out) == 1, out
     node, state, cpus, mem = out[0].split("|")
     assert node == socket.gethostname().split(".")[0]
