@@ -119,8 +119,15 @@ def _ensure_files(key: str, data_dir: str, download: bool) -> str:
 
 
 def _load_cifar(
-    key: str, data_dir: str, image_size: int, download: bool, augment: bool, mean: Sequence[float], std: Sequence[float]
+    key: str,
+    data_dir: str,
+    image_size: int = 32,
+    download: bool = False,
+    augment: bool = True,
+    mean: Sequence[float] = (0.0, 0.0, 0.0),
+    std: Sequence[float] = (1.0, 1.0, 1.0),
 ) -> SplitDatasets:
+    """CIFAR ``key`` (``cifar10`` or ``cifar100``): train/test :class:`ArrayImageDataset` s, CODA-Prompt transforms."""
     check_image_args(image_size, mean, std)
     data_dir = os.path.expanduser(os.fspath(data_dir))
     folder = _ensure_files(key, data_dir, download)
@@ -145,25 +152,17 @@ def _load_cifar(
     return SplitDatasets(train=train, test=test, classes=classes, coarse_train=c_tr, coarse_test=c_te)
 
 
-def load_cifar10(
-    data_dir: str,
-    image_size: int = 32,
-    download: bool = False,
-    augment: bool = True,
-    mean: Sequence[float] = (0.0, 0.0, 0.0),
-    std: Sequence[float] = (1.0, 1.0, 1.0),
-) -> SplitDatasets:
-    """CIFAR-10 (10 classes, 50,000 train / 10,000 test, 32x32) from ``<data_dir>/cifar-10-batches-py``."""
-    return _load_cifar("cifar10", data_dir, image_size, download, augment, mean, std)
+def load_cifar10(data_dir: str, **options: Any) -> SplitDatasets:
+    """CIFAR-10 (10 classes, 50,000 train / 10,000 test, 32x32) from ``<data_dir>/cifar-10-batches-py``.
+
+    ``options``: ``image_size``, ``download``, ``augment``, ``mean``, ``std`` (defaults in :func:`_load_cifar`).
+    """
+    return _load_cifar("cifar10", data_dir, **options)
 
 
-def load_cifar100(
-    data_dir: str,
-    image_size: int = 32,
-    download: bool = False,
-    augment: bool = True,
-    mean: Sequence[float] = (0.0, 0.0, 0.0),
-    std: Sequence[float] = (1.0, 1.0, 1.0),
-) -> SplitDatasets:
-    """CIFAR-100 (100 fine / 20 coarse classes, 50,000 / 10,000, 32x32) from ``<data_dir>/cifar-100-python``."""
-    return _load_cifar("cifar100", data_dir, image_size, download, augment, mean, std)
+def load_cifar100(data_dir: str, **options: Any) -> SplitDatasets:
+    """CIFAR-100 (100 fine / 20 coarse classes, 50,000 / 10,000, 32x32) from ``<data_dir>/cifar-100-python``.
+
+    ``options`` as for :func:`load_cifar10`.
+    """
+    return _load_cifar("cifar100", data_dir, **options)

@@ -28,13 +28,13 @@ from collections.abc import Sequence
 
 from cl.data.sources.base import SplitDatasets
 from cl.data.sources.errors import (
-    DatasetNotFoundError,
     check_choices,
     check_image_args,
     require_dir,
     require_file,
     require_listed_files,
 )
+from cl.data.sources.folders import file_split, require_root
 from cl.data.sources.split_lists import (
     class_names_from_paths,
     filter_by_component,
@@ -87,9 +87,7 @@ def load_domainnet(
     data_dir = os.path.expanduser(os.fspath(data_dir))
     root = _find_root(data_dir)
     how = _how(root)
-    if download and not os.path.isdir(root):
-        raise DatasetNotFoundError(KEY, root, how, "data.download=true cannot fetch DomainNet automatically.")
-    require_dir(KEY, root, how)
+    require_root(KEY, root, how, download, "DomainNet")
     for d in domains:
         require_dir(KEY, os.path.join(root, d), how, f"Domain '{d}' (data.domains) has no image folder.")
     split_dir = os.path.join(data_dir, "splits") if split_dir is None else os.path.expanduser(split_dir)
@@ -122,11 +120,4 @@ def load_domainnet(
     for (paths, _), src in zip(lists, sources):
         require_listed_files(KEY, paths, how, src)
     classes = class_names_from_paths(p_tr + p_te, y_tr + y_te, depth=1, what=f"DomainNet lists {sources}")
-
-    from cl.data.sources.image_datasets import FileImageDataset
-    from cl.data.sources.transforms import build_transforms
-
-    train_tf, test_tf = build_transforms(image_size, mean, std, augment, native_size=None)
-    return SplitDatasets(
-        train=FileImageDataset(p_tr, y_tr, train_tf), test=FileImageDataset(p_te, y_te, test_tf), classes=classes
-    )
+    return file_split((p_tr, y_tr), (p_te, y_te), classes, image_size, mean, std, augment, native_size=None)

@@ -26,7 +26,8 @@ import random
 from collections.abc import Sequence
 
 from cl.data.sources.base import SplitDatasets
-from cl.data.sources.errors import DatasetNotFoundError, check_image_args, require_dir, require_listed_files
+from cl.data.sources.errors import DatasetNotFoundError, check_image_args, require_listed_files
+from cl.data.sources.folders import file_split, list_images, require_root
 from cl.data.sources.split_lists import class_names_from_paths, find_split_pair, read_yaml_split, reroot
 
 KEY = "imagenet_r"
@@ -48,12 +49,7 @@ def _how(data_dir: str) -> str:
 def scan_class_folders(root: str) -> tuple[list[str], list[list[str]]]:
     """Sorted class folders of ``root`` and, for each, its sorted image files (full paths)."""
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
-    files = []
-    for c in classes:
-        folder = os.path.join(root, c)
-        names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS) and not n.startswith("."))
-        files.append([os.path.join(folder, n) for n in names])
-    return classes, files
+    return classes, [list_images(os.path.join(root, c), IMAGE_EXTENSIONS) for c in classes]
 
 
 def coda_random_split(n: int, seed: int = 0, train_fraction: float = TRAIN_FRACTION) -> tuple[list[int], list[int]]:
@@ -77,11 +73,8 @@ def load_imagenet_r(
     """ImageNet-R train/test datasets (see the module docstring for the split rule)."""
     check_image_args(image_size, mean, std)
     data_dir = os.path.expanduser(os.fspath(data_dir))
-    root = os.path.join(data_dir, FOLDER)
     how = _how(data_dir)
-    if download and not os.path.isdir(root):
-        raise DatasetNotFoundError(KEY, root, how, "data.download=true cannot fetch ImageNet-R automatically.")
-    require_dir(KEY, root, how)
+    root = require_root(KEY, os.path.join(data_dir, FOLDER), how, download, "ImageNet-R")
     split_dir = os.path.join(data_dir, "splits") if split_dir is None else os.path.expanduser(split_dir)
 
     pair = find_split_pair(split_dir, "imagenet-r")
@@ -100,11 +93,4 @@ def load_imagenet_r(
         train_idx, test_idx = coda_random_split(len(paths), split_seed)
         p_tr, y_tr = [paths[i] for i in train_idx], [labels[i] for i in train_idx]
         p_te, y_te = [paths[i] for i in test_idx], [labels[i] for i in test_idx]
-
-    from cl.data.sources.image_datasets import FileImageDataset
-    from cl.data.sources.transforms import build_transforms
-
-    train_tf, test_tf = build_transforms(image_size, mean, std, augment, native_size=None)
-    return SplitDatasets(
-        train=FileImageDataset(p_tr, y_tr, train_tf), test=FileImageDataset(p_te, y_te, test_tf), classes=classes
-    )
+    return file_split((p_tr, y_tr), (p_te, y_te), classes, image_size, mean, std, augment, native_size=None)

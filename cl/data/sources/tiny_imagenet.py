@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 from cl.data.sources.base import SplitDatasets
 from cl.data.sources.errors import DatasetNotFoundError, check_image_args, require_dir, require_file
+from cl.data.sources.folders import file_split, list_images, require_root
 
 KEY = "tiny_imagenet"
 FOLDER = "tiny-imagenet-200"
@@ -70,11 +71,8 @@ def load_tiny_imagenet(
     """Tiny ImageNet train / official-val datasets (see the module docstring)."""
     check_image_args(image_size, mean, std)
     data_dir = os.path.expanduser(os.fspath(data_dir))
-    root = os.path.join(data_dir, FOLDER)
     how = _how(data_dir)
-    if download and not os.path.isdir(root):
-        raise DatasetNotFoundError(KEY, root, how, "data.download=true cannot fetch Tiny ImageNet automatically.")
-    require_dir(KEY, root, how)
+    root = require_root(KEY, os.path.join(data_dir, FOLDER), how, download, "Tiny ImageNet")
     wnids = _read_wnids(require_file(KEY, os.path.join(root, "wnids.txt"), how))
     annotations = require_file(KEY, os.path.join(root, "val", "val_annotations.txt"), how)
     val_images = require_dir(KEY, os.path.join(root, "val", "images"), how)
@@ -85,8 +83,8 @@ def load_tiny_imagenet(
 
     p_tr, y_tr = [], []
     for y, d in enumerate(train_dirs):
-        files = sorted(n for n in os.listdir(d) if n.lower().endswith(IMAGE_EXTENSIONS))
-        p_tr += [os.path.join(d, n) for n in files]
+        files = list_images(d, IMAGE_EXTENSIONS)
+        p_tr += files
         y_tr += [y] * len(files)
     p_te, y_te = [], []
     with open(annotations) as f:
@@ -101,13 +99,5 @@ def load_tiny_imagenet(
     for p in p_te[:1] + p_te[-1:]:
         if not os.path.isfile(p):
             raise DatasetNotFoundError(KEY, p, how, "val_annotations.txt lists this image, which does not exist.")
-
-    from cl.data.sources.image_datasets import FileImageDataset
-    from cl.data.sources.transforms import build_transforms
-
-    train_tf, test_tf = build_transforms(image_size, mean, std, augment, native_size=NATIVE_SIZE)
-    return SplitDatasets(
-        train=FileImageDataset(p_tr, y_tr, train_tf),
-        test=FileImageDataset(p_te, y_te, test_tf),
-        classes=_class_names(os.path.join(root, "words.txt"), wnids),
-    )
+    classes = _class_names(os.path.join(root, "words.txt"), wnids)
+    return file_split((p_tr, y_tr), (p_te, y_te), classes, image_size, mean, std, augment, native_size=NATIVE_SIZE)
