@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks import Callback
 
 from cl.analysis.sensitivity import SensitivityTracker
 from cl.modules.buffer import ReservoirBuffer
-from cl.modules.fpf import fpf_finetune
+from cl.modules.fpf import FPFOptions, fpf_finetune
 from cl.modules.fpf_select import SELECTION_MODES, resolve_selection
 
 WHEN = ("last", "every_experience")
@@ -57,11 +57,10 @@ class FPFCallback(Callback):
         elif modules not in ("default", "auto"):
             raise ValueError(f"callbacks.fpf.modules={modules!r}; allowed: {list(SELECTION_MODES)}")
         self.modules, self.when, self.top = modules, when, int(top)
-        self.opts = dict(
-            iterations=int(iterations), lr=float(lr), momentum=float(momentum), batch_size=int(batch_size),
-            optimizer=str(optimizer),
+        self.opts = FPFOptions(
+            iterations=iterations, lr=lr, momentum=momentum, batch_size=batch_size, optimizer=optimizer,
+            kd_beta=kd_beta, prefix="callbacks.fpf.",
         )  # fmt: skip
-        self.kd_beta = float(kd_beta)
         self.buffer_size, self.buffer_seed = int(buffer_size), int(buffer_seed)
         self.own_buffer: ReservoirBuffer | None = None
         self.tracker = SensitivityTracker(normalization=normalization) if modules == "auto" else None
@@ -101,7 +100,7 @@ class FPFCallback(Callback):
             return
         scores = self.tracker.scores() if self.tracker is not None else None
         self.selected = resolve_selection(method, self.modules, scores, self.top, key="callbacks.fpf.modules")
-        result = fpf_finetune(method, buffer, self.selected, kd_beta=self.kd_beta, **self.opts)
+        result = fpf_finetune(method, buffer, self.selected, self.opts)
         self.flops += result.flops
         self.params_updated = max(self.params_updated, result.params_updated)
         self.triggers += 1

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from cl.data.stream import Stream
 from cl.methods.base import ContinualMethod
 from cl.modules.buffer import ReservoirBuffer
-from cl.modules.fpf import fpf_finetune
+from cl.modules.fpf import FPFOptions, fpf_finetune
 from cl.modules.fpf_select import resolve_selection
 
 
@@ -80,10 +80,9 @@ class KFPF(ContinualMethod):
         self.k = int(k)
         self.kd = bool(kd)
         self.selection = modules if isinstance(modules, str) else [str(m) for m in modules]
-        self.fpf_opts = dict(
-            iterations=int(fpf_iterations), lr=float(fpf_lr), momentum=float(fpf_momentum),
-            batch_size=int(fpf_batch_size), optimizer=str(fpf_optimizer),
-            kd_beta=float(fpf_kd_beta) if self.kd else 0.0,
+        self.fpf_opts = FPFOptions(
+            iterations=fpf_iterations, lr=fpf_lr, momentum=fpf_momentum, batch_size=fpf_batch_size,
+            optimizer=fpf_optimizer, kd_beta=fpf_kd_beta if self.kd else 0.0, prefix="method.fpf_",
         )  # fmt: skip
         self.buffer = ReservoirBuffer(
             buffer_size, input_shape, num_logits=self.num_classes if kd else 0, seed=buffer_seed
@@ -141,7 +140,7 @@ class KFPF(ContinualMethod):
         """One FPF call on the buffer (recorded in ``triggers_done`` and ``trigger_at``)."""
         if not self._selected:
             self._selected = resolve_selection(self, self.selection, key="method.modules")
-        result = fpf_finetune(self, self.buffer, self._selected, **self.fpf_opts)
+        result = fpf_finetune(self, self.buffer, self._selected, self.fpf_opts)
         self.fpf_flops += result.flops
         self.trigger_at[int(self.triggers_done)] = self.run_step
         self.triggers_done += 1

@@ -9,7 +9,8 @@ One FPF call fine-tunes only the selected units P (see :mod:`cl.modules.fpf_sele
 all logits). Design choices (the paper's values are not public; all are config keys):
 
 * plain SGD (``lr``, ``momentum``; ``optimizer=adam`` as an option) for ``iterations`` steps of ``batch_size``
-  items drawn from the buffer (global RNG, so runs are reproducible under the engine's per-experience seeding);
+  items drawn from the buffer (global RNG, so runs are reproducible under the engine's per-experience seeding); these
+  options are one :class:`FPFOptions`, checked when the callback or method that owns them is built;
 * only the selected modules are in train mode: their batch-norm running statistics adapt to the buffer, while every
   other module is in eval mode, so every parameter *and buffer* outside P is bitwise unchanged;
 * logits are masked like the method's training logits (``train_logit_mask()``: classes seen so far);
@@ -21,7 +22,7 @@ all logits). Design choices (the paper's values are not public; all are config k
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,45 @@ from torch import nn
 
 from cl.modules.buffer import ReservoirBuffer
 from cl.modules.fpf_select import method_units
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass(frozen=True)
+class FPFOptions:
+    """How one FPF call trains the selected units: ``iterations`` steps of ``batch_size`` buffer items, with
+    ``optimizer`` (``lr``, ``momentum`` for SGD) on ``ce_weight * CE + kd_beta * MSE(logits, stored logits)``.
+
+    Values are coerced to their types and checked at construction; ``prefix`` is how the owner's config spells the
+    keys in error messages (``callbacks.fpf.`` for the callback, ``method.fpf_`` for k-FPF).
+    """
+
+    iterations: int = 50
+    lr: float = 0.01
+    momentum: float = 0.0
+    batch_size: int = 32
+    optimizer: str = "sgd"
+    kd_beta: float = 0.0
+    ce_weight: float = 1.0
+    prefix: InitVar[str] = "fpf."
+
+    def __post_init__(self, prefix: str) -> None:
+        for name, kind in (("iterations", int), ("batch_size", int), ("optimizer", str)):
+            object.__setattr__(self, name, kind(getattr(self, name)))
+        for name in ("lr", "momentum", "kd_beta", "ce_weight"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+        if self.iterations < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError(
+                f"{prefix}iterations={self.iterations}, {prefix}batch_size={self.batch_size}, {prefix}lr={self.lr}; "
+                "need iterations >= 0, batch_size >= 1, lr > 0"
+            )
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"{prefix}optimizer={self.optimizer!r}; allowed: {list(OPTIMIZERS)}")
+
+    def make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        if self.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum)
+        return torch.optim.Adam(params, lr=self.lr)
 
 
 @dataclass
@@ -45,34 +85,21 @@ def fpf_finetune(
     method: nn.Module,
     buffer: ReservoirBuffer,
     units: Sequence[str],
-    *,
-    iterations: int = 50,
-    lr: float = 0.01,
-    momentum: float = 0.0,
-    batch_size: int = 32,
-    optimizer: str = "sgd",
-    ce_weight: float = 1.0,
-    kd_beta: float = 0.0,
+    options: FPFOptions | None = None,
 ) -> FPFResult:
-    """Fine-tune the units ``units`` of ``method`` on ``buffer`` (see the module docstring)."""
+    """Fine-tune the units ``units`` of ``method`` on ``buffer`` with ``options`` (see the module docstring)."""
     from cl.analysis.flops import LightFlopCounter
 
-    if iterations < 0 or batch_size < 1 or lr <= 0:
-        raise ValueError(
-            f"fpf.iterations={iterations}, fpf.batch_size={batch_size}, fpf.lr={lr}; need iterations >= 0, "
-            "batch_size >= 1, lr > 0"
-        )
-    if optimizer not in ("sgd", "adam"):
-        raise ValueError(f"fpf.optimizer={optimizer!r}; allowed: ['sgd', 'adam']")
-    if kd_beta > 0 and not buffer.stores_logits:
-        raise ValueError(f"fpf.kd_beta={kd_beta} needs a buffer that stores logits (k_fpf_kd / derpp)")
+    opts = FPFOptions() if options is None else options
+    if opts.kd_beta > 0 and not buffer.stores_logits:
+        raise ValueError(f"fpf.kd_beta={opts.kd_beta} needs a buffer that stores logits (k_fpf_kd / derpp)")
     all_units = method_units(method)
     missing = [u for u in units if u not in all_units]
     if missing:
         raise ValueError(f"fpf: unknown modules {missing}")
     params = [p for u in units for _, p in all_units[u].params]
     n_params = sum(p.numel() for p in params)
-    if buffer.is_empty() or iterations == 0 or not params:
+    if buffer.is_empty() or opts.iterations == 0 or not params:
         return FPFResult(0, n_params, float("nan"), float("nan"))
 
     modes = {m: m.training for m in method.modules()}
@@ -91,19 +118,16 @@ def fpf_finetune(
         for p in params:
             p.requires_grad_(True)
             p.grad = None
-        if optimizer == "sgd":
-            opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum)
-        else:
-            opt = torch.optim.Adam(params, lr=lr)
+        opt = opts.make_optimizer(params)
         mask = method.train_logit_mask().clone()
         with LightFlopCounter() as counter, torch.enable_grad():
-            for _ in range(iterations):
-                s = buffer.sample(batch_size)
+            for _ in range(opts.iterations):
+                s = buffer.sample(opts.batch_size)
                 x, y = s.x.to(device), s.y.to(device)
                 logits = method(x)
-                loss = ce_weight * F.cross_entropy(method.apply_mask(logits, mask), y)
-                if kd_beta > 0:
-                    loss = loss + kd_beta * F.mse_loss(logits, s.logits.to(logits))
+                loss = opts.ce_weight * F.cross_entropy(method.apply_mask(logits, mask), y)
+                if opts.kd_beta > 0:
+                    loss = loss + opts.kd_beta * F.mse_loss(logits, s.logits.to(logits))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 _average_gradients(params)

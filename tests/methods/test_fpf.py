@@ -10,7 +10,7 @@ import torch
 from cl.methods.finetune import Finetune
 from cl.methods.k_fpf import batches_per_epoch, trigger_steps
 from cl.modules.buffer import ReservoirBuffer
-from cl.modules.fpf import fpf_finetune
+from cl.modules.fpf import FPFOptions, fpf_finetune
 from cl.modules.fpf_select import DEFAULT_CNN, method_units, resolve_selection
 
 
@@ -43,7 +43,7 @@ def test_fpf_changes_only_selected_parameters(vit, modules):
     selected = {n for u in units for n, _ in method_units(method)[u].params}
     owners = set(units)
     before = {k: v.clone() for k, v in method.state_dict().items()}
-    result = fpf_finetune(method, _buffer(), units, iterations=5, lr=0.5, batch_size=8, kd_beta=0.1)
+    result = fpf_finetune(method, _buffer(), units, FPFOptions(iterations=5, lr=0.5, batch_size=8, kd_beta=0.1))
     after = method.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     for k in before:
@@ -83,7 +83,7 @@ def test_kd_needs_logits():
     buf = ReservoirBuffer(8, (1, 8, 8))
     buf.add(torch.randn(4, 1, 8, 8), torch.zeros(4, dtype=torch.long), 0)
     with pytest.raises(ValueError, match="kd_beta"):
-        fpf_finetune(method, buf, ["head"], iterations=1, kd_beta=1.0)
+        fpf_finetune(method, buf, ["head"], FPFOptions(iterations=1, kd_beta=1.0))
 
 
 def test_schedule_helpers():
@@ -95,3 +95,18 @@ def test_schedule_helpers():
     assert batches_per_epoch(270, 32, 3) == 3
     assert batches_per_epoch(270, 32, 0.5) == 4
     assert batches_per_epoch(270, 32, None, drop_last=True) == 8
+
+
+def test_fpf_options_fail_early_with_the_owners_config_key():
+    from cl.callbacks.fpf import FPFCallback
+
+    with pytest.raises(ValueError, match=r"callbacks\.fpf\.optimizer='rmsprop'; allowed: \['sgd', 'adam'\]"):
+        FPFCallback(optimizer="rmsprop")  # at construction, not after training
+    with pytest.raises(ValueError, match=r"callbacks\.fpf\.iterations=-1"):
+        FPFCallback(iterations=-1)
+    with pytest.raises(ValueError, match=r"method\.fpf_lr=0\.0"):
+        FPFOptions(lr=0, prefix="method.fpf_")
+    opts = FPFOptions(iterations="3", lr="0.5", batch_size=8.0)  # config strings / floats coerced
+    assert (opts.iterations, opts.lr, opts.batch_size) == (3, 0.5, 8) and isinstance(opts.batch_size, int)
+    sgd = opts.make_optimizer([torch.nn.Parameter(torch.zeros(2))])
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["lr"] == 0.5
