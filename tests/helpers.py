@@ -28,6 +28,13 @@ SHRINK = [
 ]
 
 
+def cli_overrides(overrides: list[str]) -> list[str]:
+    """The shrunk test config as ``python -m cl.run`` arguments, as ``compose_config`` builds it (overrides win over
+    SHRINK)."""
+    keys = {o.split("=")[0].lstrip("+~") for o in overrides}
+    return [o for o in SHRINK if o.split("=")[0].lstrip("+~") not in keys] + overrides
+
+
 def compose_config(overrides: list[str], run_dir: Path, shrink: bool = True, config_name: str = "cl") -> DictConfig:
     """Compose the real config with ``overrides`` (shrunk unless ``shrink=False``) and make ``run_dir`` Hydra's
     output directory, so that ``cl.experiment.run_experiment`` can run it in-process."""

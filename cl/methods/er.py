@@ -10,6 +10,10 @@ After the step the stream batch is offered to the reservoir (:class:`cl.modules.
 choices: the batch is stored as the loader delivered it (after any augmentation of the source; Mammoth stores the
 non-augmented images); the training mask is the base class's (classes seen so far), which covers the replayed classes
 in class- and domain-incremental scenarios; task-incremental replay (per-item task masks) is not supported.
+
+DDP (``trainer=ddp``/``ddp_cpu``): ``replay_batch_size`` is global like ``data.batch_size``; each rank replays its
+share of the 1-process draw and the buffer is filled with the gathered global batch in 1-process order, so a W-process
+run follows the 1-process run (``tests/engine/test_ddp_gloo.py``).
 """
 
 from __future__ import annotations
@@ -48,8 +52,9 @@ class ER(ContinualMethod):
         self._stream_logits: torch.Tensor | None = None
 
     def replay(self, n: int | None = None) -> Any:
-        """A replay batch, or ``None`` while the buffer is empty."""
-        return None if self.buffer.is_empty() else self.buffer.sample(n or self.replay_batch_size)
+        """A replay batch, or ``None`` while the buffer is empty. Under DDP, this rank's share of the 1-process draw
+        (:meth:`ReservoirBuffer.sample` with ``shard=True``): the ranks together replay the 1-process batch."""
+        return None if self.buffer.is_empty() else self.buffer.sample(n or self.replay_batch_size, shard=True)
 
     def compute_loss(self, x: torch.Tensor, y: torch.Tensor, batch: Sequence[Any]) -> torch.Tensor:
         r = self.replay()

@@ -13,12 +13,19 @@ Design choices:
 * **Counter-based randomness.** The draws for a batch come from a generator seeded by ``(seed, num_seen)``, not from
   a stateful generator: the buffer is a pure function of ``(seed, the item sequence, how it is batched)``, so a resumed
   run (which restores ``num_seen``) and every DDP rank make exactly the same decisions.
-* **DDP: replicated, not sharded.** Under ``torch.distributed`` ``add`` all-gathers the ranks' batches (rank 0 first)
-  and every rank applies the same decisions to the gathered batch, so every rank holds exactly the buffer a single
-  process would hold had it seen the gathered batches in that order (tested with two gloo processes on CPU). We chose
-  replication over sharding because the engine writes checkpoints from rank 0 only: a sharded buffer would lose the
-  other ranks' shares. The cost is one all-gather of each training batch and ``world_size`` copies of the buffer.
-  Replay batches are drawn from the global RNG, which Lightning seeds per rank, so ranks replay different items.
+* **DDP: replicated, not sharded.** Under ``torch.distributed`` ``add`` all-gathers the ranks' batches *interleaved*
+  (row i of rank r becomes row ``i * world + r``), which is the 1-process order of the engine's sharded sampler
+  (``cl.engine.distributed.ShardedEpochSampler`` gives rank r the positions r, r + W, ... of the global batch), and
+  every rank applies the same decisions to the gathered batch: every rank holds exactly the buffer a single process
+  holds after the same global batches (tested with two gloo processes on CPU). We chose replication over sharding
+  because the engine writes checkpoints from rank 0 only: a sharded buffer would lose the other ranks' shares. The
+  cost is one all-gather of each training batch and ``world_size`` copies of the buffer. Bounded difference: when an
+  experience's sample count is not a multiple of W, the sampler pads the last global batch with at most W - 1
+  duplicates, which the buffer then also offers (``num_seen`` grows by the padding).
+* **Replay draws under DDP.** ``sample(n, shard=True)`` draws the ``n`` indices of a 1-process run (from the global
+  RNG, which the engine seeds identically on every rank) and returns this rank's share ``index[rank::world]``; the
+  ranks' replay batches together are the 1-process replay batch, so with per-sample mean losses and DDP's gradient
+  average the update is the 1-process one (``n`` must be a multiple of the world size).
 * Within one batch, if two items draw the same slot, the later one wins (as sequential processing would).
 """
 
@@ -129,8 +136,10 @@ class ReservoirBuffer(nn.Module):
         self.num_seen += n
         return slots
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> ReplaySample:
-        """``n`` stored items, uniformly without replacement when ``n <= len(self)`` (else with replacement)."""
+    def sample(self, n: int, generator: torch.Generator | None = None, shard: bool = False) -> ReplaySample:
+        """``n`` stored items, uniformly without replacement when ``n <= len(self)`` (else with replacement). With
+        ``shard`` under torch.distributed: this rank's share ``[rank::world]`` of that draw (``n`` a multiple of the
+        world size, so every rank gets ``n / world`` items and the ranks together get the 1-process draw)."""
         size = len(self)
         if size == 0:
             raise RuntimeError("cannot sample from an empty replay buffer")
@@ -138,6 +147,13 @@ class ReservoirBuffer(nn.Module):
             index = torch.randperm(size, generator=generator)[:n]
         else:
             index = torch.randint(size, (n,), generator=generator)
+        world = _world_size() if shard else 1
+        if world > 1:
+            if n % world:
+                raise ValueError(
+                    f"method.replay_batch_size={n} must be a multiple of the number of processes ({world}) under DDP"
+                )
+            index = index[torch.distributed.get_rank() :: world]
         index = index.to(self.x.device)
         return ReplaySample(
             self.x[index],
@@ -157,15 +173,20 @@ def _world_size() -> int:
 
 
 def _all_gather_rows(t: torch.Tensor) -> torch.Tensor:
-    """Concatenate every rank's ``t`` along dim 0 (rank order); ranks may hold different numbers of rows."""
+    """Every rank's ``t`` concatenated along dim 0 *interleaved*: row i of rank r lands before row i of rank r + 1 and
+    after row i - 1 of the last rank, the order of the engine's sharded sampler (ranks may hold different numbers of
+    rows: rank r's rows are then the positions r, r + W, ... of the gathered batch, as long as they last)."""
     dist = torch.distributed
     world = dist.get_world_size()
     n = torch.tensor([t.shape[0]], device=t.device)
     sizes = [torch.zeros_like(n) for _ in range(world)]
     dist.all_gather(sizes, n)
-    counts = [int(s) for s in sizes]
-    padded = torch.zeros((max(counts), *t.shape[1:]), dtype=t.dtype, device=t.device)
+    counts = torch.tensor([int(s) for s in sizes])
+    rows = int(counts.max())
+    padded = torch.zeros((rows, *t.shape[1:]), dtype=t.dtype, device=t.device)
     padded[: t.shape[0]] = t
     out = [torch.zeros_like(padded) for _ in range(world)]
     dist.all_gather(out, padded.contiguous())
-    return torch.cat([o[:c] for o, c in zip(out, counts)])
+    stacked = torch.stack(out, dim=1).reshape(rows * world, *t.shape[1:])  # row i of rank r at i * world + r
+    valid = (torch.arange(rows)[:, None] < counts[None, :]).reshape(-1).to(t.device)
+    return stacked[valid]

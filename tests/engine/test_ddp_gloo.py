@@ -24,14 +24,7 @@ import pytest
 import torch
 
 from cl.engine.checkpoint import load_checkpoint
-from tests.helpers import SHRINK, compose_config, run_cl
-
-
-def _cli_overrides(overrides: list[str]) -> list[str]:
-    """The shrunk test config on the command line, as ``compose_config`` builds it (overrides win over SHRINK)."""
-    keys = {o.split("=")[0].lstrip("+") for o in overrides}
-    return [o for o in SHRINK if o.split("=")[0].lstrip("+") not in keys] + overrides
-
+from tests.helpers import cli_overrides, compose_config, run_cl
 
 REPO = Path(__file__).resolve().parents[2]
 # 2 experiences of 5 digits classes, 3 global batches of 32 each: the penalty/distillation terms act in experience 1
@@ -53,7 +46,7 @@ def _two_processes(overrides: list[str], run_dir: Path) -> subprocess.CompletedP
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for k in ("LOCAL_RANK", "RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_PORT", "SLURM_NTASKS", "SLURM_JOB_ID"):
         env.pop(k, None)
-    cmd = [sys.executable, "-m", "cl.run", f"hydra.run.dir={run_dir}", "trainer=ddp_cpu", *_cli_overrides(overrides)]
+    cmd = [sys.executable, "-m", "cl.run", f"hydra.run.dir={run_dir}", "trainer=ddp_cpu", *cli_overrides(overrides)]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=540)
 
 
@@ -66,10 +59,12 @@ SGD = ["method.optimizer._target_=torch.optim.SGD", "method.optimizer.lr=0.05"]
     [
         ("ewc", [], WEIGHT_TOL),
         ("finetune", SGD, SGD_TOL),
+        ("er", SGD, SGD_TOL),
+        pytest.param("derpp", SGD, SGD_TOL, marks=pytest.mark.slow),
         pytest.param("finetune", [], WEIGHT_TOL, marks=pytest.mark.slow),
         pytest.param("lwf", [], WEIGHT_TOL, marks=pytest.mark.slow),
     ],
-    ids=["ewc-adam", "finetune-sgd", "finetune-adam", "lwf-adam"],
+    ids=["ewc-adam", "finetune-sgd", "er-sgd", "derpp-sgd", "finetune-adam", "lwf-adam"],
 )
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(
     tmp_path: Path, method: str, extra: list[str], tol: float
@@ -99,7 +94,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(
     assert a.keys() == b.keys()
     start = load_checkpoint(one_dir / "checkpoints" / "initial.ckpt")["state_dict"]["head.weight"]
     assert (b["head.weight"] - start).abs().max() > 10 * tol  # training moved the weights well beyond the tol
-    floats = [k for k in a if a[k].is_floating_point() and not k.startswith("fisher__")]
+    floats = [k for k in a if a[k].is_floating_point() and a[k].numel() and not k.startswith("fisher__")]
     worst = max((float((a[k].double() - b[k].double()).abs().max()), k) for k in floats)
     print(f"{method} {extra}: largest weight difference {worst}, matrices {R_ddp.tolist()} vs {R_one.tolist()}")
     assert worst[0] < tol, worst
@@ -112,6 +107,9 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(
         for k in fisher:
             torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-7)  # measured 2.3e-4 rel
         assert bool(a["has_penalty"])
+    if method in ("er", "derpp"):  # the replicated buffer is the 1-process buffer (same items, same slots)
+        assert int(a["buffer.num_seen"]) == 2 * 3 * 32
+        assert torch.equal(a["buffer.x"], b["buffer.x"]) and torch.equal(a["buffer.y"], b["buffer.y"])
 
 
 def _test_sets(run_dir: Path) -> list:

@@ -25,14 +25,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from cl.engine.checkpoint import load_checkpoint
-from tests.helpers import SHRINK, compose_config, run_cl
-
-
-def _cli_overrides(overrides: list[str]) -> list[str]:
-    """The shrunk test config on the command line, as ``compose_config`` builds it (overrides win over SHRINK)."""
-    keys = {o.split("=")[0].lstrip("+") for o in overrides}
-    return [o for o in SHRINK if o.split("=")[0].lstrip("+") not in keys] + overrides
-
+from tests.helpers import cli_overrides, compose_config, run_cl
 
 REPO = Path(__file__).resolve().parents[2]
 # 5 experiences x 2 batches of 32 on digits: seconds per run; the stream and model are those of the default config
@@ -108,7 +101,7 @@ def test_run_stopped_after_experience_2_and_resumed_gives_the_same_matrix(refere
 
 
 def _cl_run(run_dir: Path, extra: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "cl.run", f"hydra.run.dir={run_dir}", *_cli_overrides([*OVERRIDES, *extra])]
+    cmd = [sys.executable, "-m", "cl.run", f"hydra.run.dir={run_dir}", *cli_overrides([*OVERRIDES, *extra])]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 

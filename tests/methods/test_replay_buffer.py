@@ -103,12 +103,14 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     buf = ReservoirBuffer(12, (1,), num_logits=2, seed=5)
-    for step in range(10):  # 10 global batches of 8 items; rank r holds 4 of them (rank 1 gets 3 in the last)
-        ids = torch.arange(step * 8 + rank * 4, step * 8 + rank * 4 + 4)
+    for step in range(10):  # 10 global batches of 8 items, sharded as the engine's sampler: rank r holds the
+        ids = torch.arange(step * 8 + rank, step * 8 + 8, 2)  # positions r, r + 2, ... (rank 1 gets 3 in the last)
         if step == 9 and rank == 1:
             ids = ids[:3]
         buf.add(ids.float()[:, None], ids, step // 5, logits=ids.float()[:, None].expand(-1, 2))
     torch.save(buf.state_dict(), f"{out}/rank{rank}.pt")
+    share = buf.sample(6, generator=torch.Generator().manual_seed(3), shard=True)
+    torch.save(share.y, f"{out}/replay{rank}.pt")
     dist.destroy_process_group()
 
 
@@ -121,10 +123,16 @@ def test_ddp_ranks_hold_the_single_process_buffer(tmp_path):
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     mp.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
     single = ReservoirBuffer(12, (1,), num_logits=2, seed=5)
-    for step in range(10):  # the same gathered batches (rank 0's items first) in one process
+    for step in range(10):  # the same global batches in sampler order (interleaved ranks) in one process
         ids = torch.arange(step * 8, step * 8 + (7 if step == 9 else 8))
         single.add(ids.float()[:, None], ids, step // 5, logits=ids.float()[:, None].expand(-1, 2))
+    assert int(single.num_seen) == 79 and len({int(v) for v in single.y}) == 12
     for rank in range(2):
         state = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         for key, value in single.state_dict().items():
             assert torch.equal(state[key], value), (rank, key)
+    # the ranks' replay shares are the 1-process draw, rank r taking its items r, r + 2, ...
+    draw = single.sample(6, generator=torch.Generator().manual_seed(3)).y
+    shares = [torch.load(tmp_path / f"replay{rank}.pt", weights_only=True) for rank in range(2)]
+    assert [len(s) for s in shares] == [3, 3]
+    assert torch.equal(torch.stack(shares, dim=1).reshape(-1), draw)
