@@ -1,16 +1,28 @@
 """``retrain``: the gold standard. Start again from the run's initial weights (``checkpoints/initial.ckpt``) and
 replay the original recipe (the same method, trainer, seeds and experience order, through ``cl.engine.loop``'s
 ``StreamRunner``) on experiences ``0..t`` with every forget sample removed. The retrained run is a complete ``cl.run``
-run directory (``retrain_run/`` inside the unlearning run directory). Its time is the runner's training time
-(fit + the method's end-of-experience hook), without the per-experience evaluations.
+run directory (``retrain_run/`` inside the unlearning run directory).
+
+What is replayed and what is timed: the recipe is the method with its training-time callbacks (e.g. the FPF
+fine-tuning); callbacks that only *measure* a run are not part of it and are removed from the replayed config
+(``skip_callbacks``, by ``_target_``: the FLOP counter, which wraps every training op in a dispatch mode, and the
+``finetune_reference`` comparison run of the default ``coda_digits`` preset, a whole second training run). The reported
+time is the runner's training time: ``fit`` plus the method's and the remaining callbacks' end-of-experience hooks,
+summed over the experiences, without the per-experience evaluations, checkpoint writes and reports.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 from torch.utils.data import Subset
 
 from unlearn.methods.base import UnlearningMethod, UnlearnTask
+
+# run-long callbacks that only measure the run (cl/callbacks/flops.py, cl/modules/prompt_reference.py)
+MEASUREMENT_CALLBACKS = ("cl.callbacks.flops.FlopCounter", "cl.modules.prompt_reference.ReferenceRun")
 
 
 def retain_stream(stream: object, t: int, forget: list[tuple[int, int]]) -> object:
@@ -29,10 +41,23 @@ def retain_stream(stream: object, t: int, forget: list[tuple[int, int]]) -> obje
     return Stream(stream.scenario, exps, stream.num_classes, stream.class_order, stream.source)
 
 
+def recipe_config(cfg: DictConfig, skip: Sequence[str]) -> DictConfig:
+    """A copy of the training config without the callbacks whose ``_target_`` is in ``skip``."""
+    out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    callbacks = out.get("callbacks") or {}
+    with open_dict(out):
+        out.callbacks = {k: v for k, v in callbacks.items() if v is None or str(v.get("_target_", "")) not in set(skip)}
+    return out
+
+
 class Retrain(UnlearningMethod):
     """Retrain from the initial weights on the retain data with the original recipe."""
 
     needs_initial_weights = True
+
+    def __init__(self, name: str = "retrain", skip_callbacks: Sequence[str] = MEASUREMENT_CALLBACKS) -> None:
+        super().__init__(name)
+        self.skip_callbacks = [str(s) for s in skip_callbacks]
 
     def unlearn(self, model: nn.Module, task: UnlearnTask) -> nn.Module:
         from cl.engine.loop import StreamRunner
@@ -40,7 +65,12 @@ class Retrain(UnlearningMethod):
 
         method = load_initial_weights(task.ctx)
         stream = retain_stream(task.ctx.stream, task.ctx.experience, task.split.forget_train)
-        runner = StreamRunner(task.ctx.cfg, method, stream, task.work_dir / "retrain_run")
+        cfg = recipe_config(task.ctx.cfg, self.skip_callbacks)
+        runner = StreamRunner(cfg, method, stream, task.work_dir / "retrain_run")
         runner.run()
-        self.info = {"method_seconds": runner.train_seconds, "retrain_run": str(task.work_dir / "retrain_run")}
+        self.info = {
+            "method_seconds": runner.train_seconds,
+            "retrain_run": str(task.work_dir / "retrain_run"),
+            "skipped_callbacks": sorted(set(task.ctx.cfg.get("callbacks") or {}) - set(cfg.callbacks)),
+        }
         return runner.method
