@@ -159,20 +159,19 @@ def _fast_part(plan, model, forward_fn, x, y, generator, chunk, seq, vec, sums) 
     """One batch of the fast backend, added into ``sums``; the reference covers what the rules could not."""
     from kernels import fisher_fast, fisher_reference
 
-    if not plan.drive_decided:  # can the backward be driven through x alone? two 2-sample probes decide
+    if not plan.drive_decided:  # can the backward run frozen (kernels.fisher_fast, 2.)? two 2-sample probes decide
         plan.drive_decided = True
-        if x.is_floating_point():
-            scratch = {n: torch.zeros_like(v) for n, v in sums.items()}
-            y_probe = torch.zeros(min(2, x.shape[0]), dtype=torch.long, device=x.device)
-            plan.probe = True
-            try:
-                fisher_fast.fast_batch(plan, model, forward_fn, x[:2], y_probe, None, chunk, seq, vec, scratch)
-                reached = set(plan.fired)
-                plan.drive_x = True
-                fisher_fast.fast_batch(plan, model, forward_fn, x[:2], y_probe, None, chunk, seq, vec, scratch)
-                plan.drive_x = plan.fired == reached
-            finally:
-                plan.probe = False
+        scratch = {n: torch.zeros_like(v) for n, v in sums.items()}
+        y_probe = torch.zeros(min(2, x.shape[0]), dtype=torch.long, device=x.device)
+        plan.probe = True
+        try:
+            fisher_fast.fast_batch(plan, model, forward_fn, x[:2], y_probe, None, chunk, seq, vec, scratch)
+            reached = set(plan.fired)
+            plan.freeze = True
+            fisher_fast.fast_batch(plan, model, forward_fn, x[:2], y_probe, None, chunk, seq, vec, scratch)
+            plan.freeze = plan.fired == reached
+        finally:
+            plan.probe = False
     y, failed = fisher_fast.fast_batch(plan, model, forward_fn, x, y, generator, chunk, seq, vec, sums)
     if plan.broadcast and not plan.checked_broadcast:  # one-time check of the broadcast rule on two samples
         plan.checked_broadcast = True

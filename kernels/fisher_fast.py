@@ -8,9 +8,13 @@ Mechanics of one batch (``fast_batch``):
    ``g = d(sum_i l_i)/dy``; as soon as all calls of a module have their gradient, the rule runs inside the backward
    and the captured tensors are released (peak memory close to a training pass).
 2. ``torch.autograd.grad(sum_i l_i, drivers)`` with the drivers being layer outputs (or inputs), never parameters,
-   so no weight gradient is computed and ``.grad`` is untouched. After the first batch, a 2-sample probe checks that
-   driving through the input ``x`` alone reaches the same layers; if so, later batches drive through ``x`` only, so
-   that autograd does not hold every layer's output gradient until the end (peak memory as in training).
+   so no batched weight gradient is computed and ``.grad`` is untouched. Before the first batch, two 2-sample probes
+   check that the "frozen" drive reaches the same layers as driving through every layer output; if so, every batch
+   runs frozen: all model parameters have ``requires_grad`` off during the pass, and a captured layer whose output
+   then needs no gradient (its input does not depend on a driver, e.g. the first layer on ``x``) has that output
+   replaced by a fresh leaf, which is the driver. The backward then computes only the input gradients that training
+   computes too (not d/dx of the first layer, nor any weight gradient), and autograd holds no layer-output gradient
+   until the end (peak memory as in training).
 3. Parameters that broadcast over the batch (leading dim 1, e.g. ViT ``cls_token`` / ``pos_embed``) are replaced for
    the forward by a batch-expanded leaf ``P (B, ...)``; ``dL/dP_i`` is then exactly sample i's gradient. The rule is
    checked once against the reference on two samples and dropped if it disagrees.
@@ -48,7 +52,7 @@ class FastPlan:
     fallback: list[str]
     clone: set[str] = field(default_factory=set)
     checked_broadcast: bool = False
-    drive_x: bool = False  # drive the backward through the input x only (holds no layer-output gradients)
+    freeze: bool = False  # parameters frozen, first layers' outputs are the drivers (see the module docstring, 2.)
     drive_decided: bool = False
     probe: bool = False  # a probe pass: leave the broadcast check values alone
     fired: set[str] = field(default_factory=set)  # modules whose output gradient arrived in the last pass
@@ -142,9 +146,10 @@ def _attempt(plan, model, forward_fn, x, y, generator, chunk, seq, vec, acc):  #
 
 def _attempt_inner(plan, model, forward_fn, x, y, generator, chunk, seq, vec, acc, records):  # noqa: ANN001, ANN202
     failed: list[str] = []
-    x_in = x.detach().requires_grad_(True) if plan.drive_x and x.is_floating_point() else x
     handles = []
     subs: list[tuple[nn.Module, str, Tensor, Tensor]] = []
+    leaves: list[Tensor] = []  # frozen drive: fresh leaf outputs of the layers whose input needs no gradient
+    frozen = [p for p in model.parameters() if p.requires_grad] if plan.freeze else []
 
     def run_rule(owner: _Owner) -> None:
         calls = [c for c in owner.calls if c[4] is not None]
@@ -173,6 +178,11 @@ def _attempt_inner(plan, model, forward_fn, x, y, generator, chunk, seq, vec, ac
                 return None
             cloned = mname in plan.clone  # keep private copies: later in-place ops cannot reach them
             inp = args[0].detach().clone() if cloned else args[0]
+            new_out = out.clone() if cloned else None
+            if plan.freeze and not out.requires_grad and out.is_floating_point():
+                out = out.detach().requires_grad_(True)
+                leaves.append(out)
+                new_out = out.clone()  # later in-place ops must not touch the leaf
             rec = [inp, out, inp._version, out._version, None]
             owner.calls.append(rec)
             records.append(rec)
@@ -185,11 +195,13 @@ def _attempt_inner(plan, model, forward_fn, x, y, generator, chunk, seq, vec, ac
                         run_rule(owner)
 
                 out.register_hook(grad_hook)
-            return out.clone() if cloned else None
+            return new_out
 
         return hook
 
     try:
+        for p in frozen:
+            p.requires_grad_(False)
         for mname, owner in plan.owners.items():
             owner.calls.clear()
             owner.done = False
@@ -200,21 +212,21 @@ def _attempt_inner(plan, model, forward_fn, x, y, generator, chunk, seq, vec, ac
             mod._parameters[local] = sub
             subs.append((mod, local, p, sub))
         with torch.enable_grad():
-            logits = model(x_in) if forward_fn is None else forward_fn(x_in)
+            logits = model(x) if forward_fn is None else forward_fn(x)
             if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
                 raise ValueError(f"fisher_diagonal: forward_fn must return logits (B, C); got {tuple(logits.shape)}")
             if y is None:
                 y = sample_labels(logits, generator)
             loss = F.cross_entropy(logits, y, reduction="sum")
-        drivers: list[Tensor] = [s[3] for s in subs] + ([x_in] if x_in is not x else [])
+        drivers: list[Tensor] = [s[3] for s in subs] + leaves
         retry = False
         for mname, owner in plan.owners.items():
             for rec in owner.calls:
                 if rec[0] is None:
                     continue
                 need_clone = rec[0]._version != rec[2]  # module input changed in place afterwards
-                if not need_clone and x_in is not x and rec[0].requires_grad:
-                    pass  # reached through x (checked once by a probe, see kernels.fisher._fast_part)
+                if not need_clone and plan.freeze:
+                    pass  # reached from the leaves and broadcast parameters (checked once by the probes)
                 elif not need_clone and rec[1]._version == rec[3]:
                     if rec[1].requires_grad:
                         drivers.append(rec[1])
@@ -233,6 +245,8 @@ def _attempt_inner(plan, model, forward_fn, x, y, generator, chunk, seq, vec, ac
     finally:
         for h in handles:
             h.remove()
+        for p in frozen:
+            p.requires_grad_(True)
 
         for mod, local, p, _ in subs:
             mod._parameters[local] = p
