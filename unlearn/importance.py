@@ -31,10 +31,12 @@ Importance = dict[str, Tensor]
 def fisher_importance(
     model: nn.Module, data: Iterable, mode: str, forward_fn: Callable[[Tensor], Tensor]
 ) -> Importance:
-    """SSD's importance: the Fisher diagonal from ``kernels.fisher_diagonal`` (``mode`` batch | per_sample)."""
+    """SSD's importance: the Fisher diagonal from ``kernels.fisher_diagonal`` (``mode`` batch | per_sample); under DDP
+    each rank takes its share of the batches and the kernel all-reduces (``unlearn/distributed.py``)."""
     from kernels import fisher_diagonal
+    from unlearn.distributed import batch_share
 
-    return fisher_diagonal(model, data, mode=mode, forward_fn=forward_fn).diag
+    return fisher_diagonal(model, batch_share(data), mode=mode, forward_fn=forward_fn).diag
 
 
 def _as_cross_entropy(forward_fn: Callable[[Tensor], Tensor], mask: Tensor) -> Callable[[Tensor], Tensor]:
@@ -60,10 +62,11 @@ def label_free_importance(
 ) -> Importance:
     """LFSSD's importance (see the module docstring), through ``kernels.fisher_diagonal``."""
     from kernels import fisher_diagonal
+    from unlearn.distributed import batch_share
 
     fn = _as_cross_entropy(forward_fn, mask)
-    if mode == "per_sample":
-        diag = fisher_diagonal(model, _zero_labels(data), mode="per_sample", forward_fn=fn).diag
+    if mode == "per_sample":  # under DDP: this rank's batches (the kernel all-reduces); batch mode stays unsharded
+        diag = fisher_diagonal(model, _zero_labels(batch_share(data)), mode="per_sample", forward_fn=fn).diag
         return {n: v.sqrt() for n, v in diag.items()}
     total: Importance = {}
     n_batches = 0
@@ -87,6 +90,7 @@ def cache_path(run_dir: Path, checkpoint_hash: str, key: dict[str, Any]) -> Path
 
 def cached(path: Path, key: dict[str, Any], compute: Callable[[], Importance]) -> tuple[Importance, bool]:
     """Load the importance at ``path`` if its stored key matches, else compute and write it atomically."""
+    from cl.engine.distributed import is_global_zero
     from cl.utils.atomic import write_with
 
     if path.is_file():
@@ -98,7 +102,8 @@ def cached(path: Path, key: dict[str, Any], compute: Callable[[], Importance]) -
             pass
     imp = compute()
     cpu = {n: v.detach().cpu() for n, v in imp.items()}
-    write_with(path, lambda tmp: torch.save({"key": key, "importance": cpu}, tmp))
+    if is_global_zero():  # under DDP every rank computed the same importance; rank 0 writes it
+        write_with(path, lambda tmp: torch.save({"key": key, "importance": cpu}, tmp))
     return imp, False
 
 

@@ -50,9 +50,11 @@ def run_unlearning(cfg: DictConfig, run_dir: Path, overrides: list[str] | None =
     import torch
 
     from cl.engine.checkpoint import save_checkpoint
+    from cl.engine.distributed import is_global_zero
     from cl.engine.loop import compute_device
     from unlearn.data import PoolDataset
-    from unlearn.evaluate import combine, evaluate_model
+    from unlearn.distributed import evaluate_once, start_processes
+    from unlearn.evaluate import combine
     from unlearn.forget import ForgetError, SeenData, make_split, write_splits
     from unlearn.methods.base import UnlearnTask
     from unlearn.report import write_report
@@ -81,16 +83,19 @@ def run_unlearning(cfg: DictConfig, run_dir: Path, overrides: list[str] | None =
         forget_type=str(cfg.forget.name),
     )
     method.check(task)
+    if start_processes(ctx.cfg) > 1:  # trainer=ddp/ddp_cpu: the other ranks start here (unlearn/distributed.py)
+        task.device = compute_device(ctx.cfg.trainer)
 
     run_dir = Path(run_dir)
-    write_splits(split, ctx.stream, run_dir / "splits")
+    if is_global_zero():  # under DDP rank 0 alone writes (splits, checkpoint, report)
+        write_splits(split, ctx.stream, run_dir / "splits")
     eval_bs, probe = int(ctx.cfg.data.eval_batch_size), bool(cfg.eval.probe)
     torch.manual_seed(int(cfg.seed))
-    before = evaluate_model(ctx.method, task, eval_bs, probe)
+    before = evaluate_once(ctx.method, task, eval_bs, probe)
     start = time.perf_counter()
     model = method.unlearn(ctx.method, task)
     seconds = float(method.info.pop("method_seconds", time.perf_counter() - start))
-    after = evaluate_model(model, task, eval_bs, probe)
+    after = evaluate_once(model, task, eval_bs, probe)
 
     report = combine(after, before, reference)
     report.update(
@@ -115,6 +120,7 @@ def run_unlearning(cfg: DictConfig, run_dir: Path, overrides: list[str] | None =
     payload["unlearning"] = {
         k: report[k] for k in ("method", "forget", "split_digest", "checkpoint", "checkpoint_sha256")
     }
-    save_checkpoint(run_dir / "checkpoints" / f"unlearned_task_{ctx.experience}.ckpt", payload)
-    write_report(run_dir, report, reference)
+    if is_global_zero():
+        save_checkpoint(run_dir / "checkpoints" / f"unlearned_task_{ctx.experience}.ckpt", payload)
+        write_report(run_dir, report, reference)
     return report

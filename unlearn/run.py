@@ -7,6 +7,11 @@
 The output goes to ``<checkpoint's run dir>/unlearn/<method>-<forget>-<time>/`` (``hydra.run.dir=...`` to change it):
 ``unlearn_report.{json,csv,png}``, ``splits/*.csv`` and ``checkpoints/unlearned_task_{t}.ckpt``. Bad input exits with
 status 2 and a message before any work. Heavy imports happen inside :func:`main`, so ``--help`` stays fast.
+
+    python -m unlearn.run checkpoint=RUN_DIR trainer=ddp_cpu     # 2 gloo processes (trainer=ddp: GPUs)
+
+runs the importances, the training baselines and ``retrain`` over DDP ranks; rank 0 alone evaluates and writes
+(``unlearn/distributed.py``).
 """
 
 from __future__ import annotations
@@ -38,11 +43,14 @@ def main(cfg: DictConfig) -> float | None:
     except UnlearnConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(EXIT_CONFIG_ERROR)
-    print(
-        f"{report['method']}: retain_test_acc={report['retain_test_acc']:.3f} "
-        f"forget_train_acc={report['forget_train_acc']:.3f} seconds={report['seconds']:.2f}"
-    )
-    print(f"run directory: {hc.runtime.output_dir}")
+    from cl.engine.distributed import is_global_zero
+
+    if is_global_zero():  # under DDP (trainer=ddp/ddp_cpu, unlearn/distributed.py) every rank holds the same report
+        print(
+            f"{report['method']}: retain_test_acc={report['retain_test_acc']:.3f} "
+            f"forget_train_acc={report['forget_train_acc']:.3f} seconds={report['seconds']:.2f}"
+        )
+        print(f"run directory: {hc.runtime.output_dir}")
     return report.get("forget_test_acc") or report.get("forget_train_acc")
 
 

@@ -96,14 +96,19 @@ def train_epochs(
     epochs: int,
     device: torch.device,
 ) -> None:
-    """A plain loop: ``epochs`` passes of ``loss_fn(model, batch)`` with the model in train mode."""
+    """A plain loop: ``epochs`` passes of ``loss_fn(model, batch)`` with the model in train mode. Under DDP each rank
+    trains on its share of every batch and the gradients are averaged (``unlearn/distributed.py``)."""
+    from unlearn.distributed import average_gradients, rank_share_loader
+
     was = model.training
     model.train()
     model.to(device)
+    loader = rank_share_loader(loader)
     for _ in range(int(epochs)):
         for batch in loader:
             batch = tuple(b.to(device) if torch.is_tensor(b) else b for b in batch)
             optimizer.zero_grad(set_to_none=True)
             loss_fn(model, batch).backward()
+            average_gradients(model)
             optimizer.step()
     model.train(was)

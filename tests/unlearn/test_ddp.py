@@ -1,0 +1,116 @@
+"""``python -m unlearn.run trainer=ddp_cpu`` (2 gloo processes, unlearn/distributed.py) against 1 process.
+
+* ``ssd``: the importances are sharded by batch and all-reduced, so the unlearned weights equal the 1-process ones up to
+  the order of float sums, and the report's accuracies are the same;
+* ``finetune``: each rank trains on its half of every 1-process batch and the gradients are averaged; the only
+  difference is the padding of the epoch's last batch when its size is odd (one duplicated sample), bounded below;
+* both: rank 0 alone writes (one report, one checkpoint, the splits; rank 1 only its Hydra log).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cl.engine.checkpoint import load_checkpoint
+from tests.helpers import compose_config, run_cl
+
+REPO = Path(__file__).resolve().parents[2]
+ACC_KEYS = ("retain_train_acc", "retain_test_acc", "forget_train_acc", "forget_test_acc", "test_acc")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, int]:
+    """A 2-experience finetune checkpoint (2 batches per experience) and a class it has seen."""
+    run_dir = tmp_path_factory.mktemp("cl_run")
+    torch.manual_seed(0)
+    run_cl(compose_config(["scenario.n_experiences=2", "logger=none", "+trainer.limit_train_batches=2"], run_dir))
+    order = load_checkpoint(run_dir / "checkpoints" / "task_1.ckpt")["class_order"]
+    return run_dir, int(order[1])
+
+
+def _args(ckpt: Path, out: Path, cls: int, extra: list[str]) -> list[str]:
+    return [f"checkpoint={ckpt}", f"hydra.run.dir={out}", f"forget.classes=[{cls}]", "eval.probe=false", *extra]
+
+
+def _one_process(ckpt: Path, out: Path, cls: int, extra: list[str]) -> dict:
+    import unlearn.resolvers  # noqa: F401
+    from unlearn.pipeline import run_unlearning
+
+    ov = [o for o in _args(ckpt, out, cls, extra) if not o.startswith("hydra.")]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each DDP rank (OMP_NUM_THREADS=1)
+    try:
+        return run_unlearning(compose_config(ov, out, shrink=False, config_name="unlearn"), out, ov)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _two_processes(ckpt: Path, out: Path, cls: int, extra: list[str]) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for k in ("LOCAL_RANK", "RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_PORT", "SLURM_NTASKS", "SLURM_JOB_ID"):
+        env.pop(k, None)
+    cmd = [sys.executable, "-m", "unlearn.run", *_args(ckpt, out, cls, extra), "trainer=ddp_cpu"]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+
+
+def _written_once(out: Path) -> None:
+    log = (out / "train_ddp_process_1.log").read_text()
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in log  # rank 1 existed and joined the group
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["unlearned_task_1.ckpt"]
+    names = sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.endswith(".log"))
+    assert names == ["unlearn_report.csv", "unlearn_report.json", "unlearn_report.png"], names
+    assert len(list((out / "splits").iterdir())) == 5
+    assert sorted(p.name for p in (out / ".hydra").iterdir()) == ["config.yaml", "hydra.yaml", "overrides.yaml"]
+
+
+def _compare(ddp_dir: Path, one_dir: Path, ref: dict, tol: float) -> float:
+    ddp = json.loads((ddp_dir / "unlearn_report.json").read_text())
+    for k in ACC_KEYS:
+        assert ddp[k] == pytest.approx(ref[k], abs=1e-12), k
+        assert ddp[f"original_{k}"] == pytest.approx(ref[f"original_{k}"], abs=1e-12), k
+    assert ddp["per_task_acc"] == pytest.approx(ref["per_task_acc"], abs=1e-12)
+    assert ddp["split_digest"] == ref["split_digest"]
+    a = load_checkpoint(ddp_dir / "checkpoints" / "unlearned_task_1.ckpt")["state_dict"]
+    b = load_checkpoint(one_dir / "checkpoints" / "unlearned_task_1.ckpt")["state_dict"]
+    assert a.keys() == b.keys()
+    worst = max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].is_floating_point())
+    assert worst < tol, worst
+    return worst
+
+
+@pytest.mark.timeout(600)
+def test_ssd_under_two_gloo_processes_equals_one_process(trained, tmp_path):
+    run_dir, cls = trained
+    extra = ["unlearn_method=ssd", "unlearn_method.cache=false"]
+    res = _two_processes(run_dir, tmp_path / "ddp", cls, extra)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert res.stdout.count("ssd: retain_test_acc=") == 1  # one summary: rank 0's
+    _written_once(tmp_path / "ddp")
+    ref = _one_process(run_dir, tmp_path / "one", cls, extra)
+    assert ref["method_info"]["selected_parameters"] > 0  # SSD dampened something
+    src = load_checkpoint(run_dir / "checkpoints" / "task_1.ckpt")["state_dict"]
+    out = load_checkpoint(tmp_path / "one" / "checkpoints" / "unlearned_task_1.ckpt")["state_dict"]
+    moved = max(float((src[k] - out[k]).abs().max()) for k in src if src[k].is_floating_point())
+    worst = _compare(tmp_path / "ddp", tmp_path / "one", ref, tol=1e-6)
+    assert moved > 1e3 * max(worst, 1e-9)
+    ddp = json.loads((tmp_path / "ddp" / "unlearn_report.json").read_text())
+    assert ddp["method_info"]["selected_parameters"] == ref["method_info"]["selected_parameters"]
+
+
+@pytest.mark.timeout(600)
+def test_finetune_under_two_gloo_processes_trains_like_one_process(trained, tmp_path):
+    run_dir, cls = trained
+    extra = ["unlearn_method=finetune", "unlearn_method.epochs=1"]
+    res = _two_processes(run_dir, tmp_path / "ddp", cls, extra)
+    assert res.returncode == 0, res.stderr[-4000:]
+    _written_once(tmp_path / "ddp")
+    ref = _one_process(run_dir, tmp_path / "one", cls, extra)
+    worst = _compare(tmp_path / "ddp", tmp_path / "one", ref, tol=1e-3)
+    print(f"finetune: largest weight difference {worst:.3g}, retain set {ref['sizes']['retain_train']}")
