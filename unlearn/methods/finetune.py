@@ -3,38 +3,17 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
-from torch import nn
+from torch.utils.data import Dataset
 
-from unlearn.methods.base import (
-    OPTIMIZERS,
-    UnlearningMethod,
-    UnlearnTask,
-    check_choice,
-    check_positive,
-    make_optimizer,
-    train_epochs,
-)
+from unlearn.methods._train_loop import TrainingBaseline
+from unlearn.methods.base import UnlearnTask
 
 
-class Finetune(UnlearningMethod):
+class Finetune(TrainingBaseline):
     """Cross-entropy training on D_r for ``epochs``."""
 
     def __init__(self, name: str = "finetune", epochs: int = 5, lr: float = 0.02, optimizer: str = "sgd") -> None:
-        super().__init__(name)
-        check_positive("unlearn_method.epochs", epochs, integer=True)
-        check_positive("unlearn_method.lr", lr)
-        check_choice("unlearn_method.optimizer", optimizer, OPTIMIZERS)
-        self.epochs, self.lr, self.optimizer = int(epochs), float(lr), optimizer
+        super().__init__(name, epochs, lr, optimizer)
 
-    def unlearn(self, model: nn.Module, task: UnlearnTask) -> nn.Module:
-        opt = make_optimizer(self.optimizer, [p for p in model.parameters() if p.requires_grad], self.lr)
-        train_epochs(
-            model,
-            task.loader(task.retain, shuffle=True),
-            lambda m, b: F.cross_entropy(task.logits(m, b[0]), b[1]),
-            opt,
-            self.epochs,
-            task.device,
-        )
-        return model
+    def data(self, task: UnlearnTask) -> Dataset:
+        return task.retain

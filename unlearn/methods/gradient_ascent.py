@@ -3,40 +3,26 @@ unlearning"): descend on ``-CE(f(x_f), y_f)`` for ``epochs``. No retain term, so
 
 from __future__ import annotations
 
-import torch.nn.functional as F
+from typing import Any
+
+import torch
 from torch import nn
+from torch.utils.data import Dataset
 
-from unlearn.methods.base import (
-    OPTIMIZERS,
-    UnlearningMethod,
-    UnlearnTask,
-    check_choice,
-    check_positive,
-    make_optimizer,
-    train_epochs,
-)
+from unlearn.methods._train_loop import TrainingBaseline
+from unlearn.methods.base import UnlearnTask
 
 
-class GradientAscent(UnlearningMethod):
+class GradientAscent(TrainingBaseline):
     """Gradient ascent on D_f."""
 
     def __init__(
         self, name: str = "gradient_ascent", epochs: int = 1, lr: float = 0.01, optimizer: str = "sgd"
     ) -> None:
-        super().__init__(name)
-        check_positive("unlearn_method.epochs", epochs, integer=True)
-        check_positive("unlearn_method.lr", lr)
-        check_choice("unlearn_method.optimizer", optimizer, OPTIMIZERS)
-        self.epochs, self.lr, self.optimizer = int(epochs), float(lr), optimizer
+        super().__init__(name, epochs, lr, optimizer)
 
-    def unlearn(self, model: nn.Module, task: UnlearnTask) -> nn.Module:
-        opt = make_optimizer(self.optimizer, [p for p in model.parameters() if p.requires_grad], self.lr)
-        train_epochs(
-            model,
-            task.loader(task.forget, shuffle=True),
-            lambda m, b: -F.cross_entropy(task.logits(m, b[0]), b[1]),
-            opt,
-            self.epochs,
-            task.device,
-        )
-        return model
+    def data(self, task: UnlearnTask) -> Dataset:
+        return task.forget
+
+    def loss(self, task: UnlearnTask, model: nn.Module, batch: tuple[Any, ...]) -> torch.Tensor:
+        return -super().loss(task, model, batch)

@@ -5,21 +5,12 @@ retain set, and the model is fine-tuned on the mixture (reference: 3 epochs, lr 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import ConcatDataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from unlearn.context import UnlearnConfigError
 from unlearn.methods._datasets import Flagged, Relabelled
-from unlearn.methods.base import (
-    OPTIMIZERS,
-    UnlearningMethod,
-    UnlearnTask,
-    check_choice,
-    check_positive,
-    make_optimizer,
-    train_epochs,
-)
+from unlearn.methods._train_loop import TrainingBaseline
+from unlearn.methods.base import UnlearnTask
 
 
 def wrong_labels(labels: list[int], classes: list[int], seed: int) -> list[int]:
@@ -32,32 +23,18 @@ def wrong_labels(labels: list[int], classes: list[int], seed: int) -> list[int]:
     return out
 
 
-class RandomLabel(UnlearningMethod):
+class RandomLabel(TrainingBaseline):
     """Fine-tune on D_r ∪ (D_f with random wrong labels)."""
 
     def __init__(self, name: str = "random_label", epochs: int = 3, lr: float = 1e-4, optimizer: str = "adam") -> None:
-        super().__init__(name)
-        check_positive("unlearn_method.epochs", epochs, integer=True)
-        check_positive("unlearn_method.lr", lr)
-        check_choice("unlearn_method.optimizer", optimizer, OPTIMIZERS)
-        self.epochs, self.lr, self.optimizer = int(epochs), float(lr), optimizer
+        super().__init__(name, epochs, lr, optimizer)
 
     def check(self, task: UnlearnTask) -> None:
         super().check(task)
         if int(task.mask.sum()) < 2:
             raise UnlearnConfigError("unlearn_method=random_label needs at least two seen classes")
 
-    def unlearn(self, model: nn.Module, task: UnlearnTask) -> nn.Module:
+    def data(self, task: UnlearnTask) -> Dataset:
         classes = torch.nonzero(task.mask).flatten().tolist()
         labels = wrong_labels(list(task.forget.targets), classes, task.seed)
-        data = ConcatDataset([Flagged(task.retain, 0), Relabelled(task.forget, labels)])
-        opt = make_optimizer(self.optimizer, [p for p in model.parameters() if p.requires_grad], self.lr)
-        train_epochs(
-            model,
-            task.loader(data, shuffle=True),
-            lambda m, b: F.cross_entropy(task.logits(m, b[0]), b[1]),
-            opt,
-            self.epochs,
-            task.device,
-        )
-        return model
+        return ConcatDataset([Flagged(task.retain, 0), Relabelled(task.forget, labels)])
