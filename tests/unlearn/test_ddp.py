@@ -27,12 +27,22 @@ ACC_KEYS = ("retain_train_acc", "retain_test_acc", "forget_train_acc", "forget_t
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, int]:
-    """A 2-experience finetune checkpoint (2 batches per experience) and a class it has seen."""
+    """A 2-experience finetune checkpoint (2 batches per experience) and a seen class whose removal leaves an even
+    retain set (so the last batch of finetune's epoch splits evenly over 2 ranks: no padding)."""
+    from collections import Counter
+
+    from omegaconf import OmegaConf
+
+    from cl.experiment import build
+    from unlearn.data import experience_keys, labels_of
+
     run_dir = tmp_path_factory.mktemp("cl_run")
     torch.manual_seed(0)
     run_cl(compose_config(["scenario.n_experiences=2", "logger=none", "+trainer.limit_train_batches=2"], run_dir))
-    order = load_checkpoint(run_dir / "checkpoints" / "task_1.ckpt")["class_order"]
-    return run_dir, int(order[1])
+    stream, _ = build(OmegaConf.create(load_checkpoint(run_dir / "checkpoints" / "task_1.ckpt")["config"]))
+    labels = labels_of(stream, experience_keys(stream, [0, 1], "train"), "train")
+    counts = Counter(labels)
+    return run_dir, next(c for c in sorted(counts) if (len(labels) - counts[c]) % 2 == 0)
 
 
 def _args(ckpt: Path, out: Path, cls: int, extra: list[str]) -> list[str]:
@@ -112,5 +122,34 @@ def test_finetune_under_two_gloo_processes_trains_like_one_process(trained, tmp_
     assert res.returncode == 0, res.stderr[-4000:]
     _written_once(tmp_path / "ddp")
     ref = _one_process(run_dir, tmp_path / "one", cls, extra)
-    worst = _compare(tmp_path / "ddp", tmp_path / "one", ref, tol=1e-3)
-    print(f"finetune: largest weight difference {worst:.3g}, retain set {ref['sizes']['retain_train']}")
+    assert ref["sizes"]["retain_train"] % 2 == 0
+    src = load_checkpoint(run_dir / "checkpoints" / "task_1.ckpt")["state_dict"]
+    out = load_checkpoint(tmp_path / "one" / "checkpoints" / "unlearned_task_1.ckpt")["state_dict"]
+    moved = max(float((src[k] - out[k]).abs().max()) for k in src if src[k].is_floating_point())
+    worst = _compare(tmp_path / "ddp", tmp_path / "one", ref, tol=1e-5)
+    print(f"finetune: weights differ by {worst:.3g} (moved {moved:.3g})")
+    assert moved > 1e3 * max(worst, 1e-9)
+
+
+def test_rank_shares_rebuild_the_one_process_batches(monkeypatch):
+    """Rank r's share of a batch is rows r, r + W, ... (a batch of odd size is padded with its own first rows); for
+    importances whole batches go round-robin; the seeded generator gives the 1-process permutation on every rank."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import unlearn.distributed as ud
+
+    data = TensorDataset(torch.arange(11), torch.zeros(11))
+    one = [b[0].tolist() for b in DataLoader(data, 4, shuffle=True, generator=torch.Generator().manual_seed(5))]
+    shares, rounds = [], []
+    for rank in range(2):
+        monkeypatch.setattr(ud, "rank_and_world", lambda r=rank: (r, 2))
+        loader = DataLoader(data, 4, shuffle=True, generator=torch.Generator().manual_seed(5))
+        shares.append([b[0].tolist() for b in ud.rank_share_loader(loader)])
+        loader = DataLoader(data, 4, shuffle=True, generator=torch.Generator().manual_seed(5))
+        rounds.append([b[0].tolist() for b in ud.batch_share(loader)])
+    assert sorted(sum(one, [])) == list(range(11)) and [len(b) for b in one] == [4, 4, 3]
+    for step, batch in enumerate(one):
+        rows = [i for pair in zip(shares[0][step], shares[1][step], strict=True) for i in pair]
+        assert rows[: len(batch)] == batch
+        assert rows[len(batch) :] == batch[: len(rows) - len(batch)]  # padding: the batch's own first rows
+    assert rounds == [[one[0], one[2]], [one[1]]]
