@@ -45,15 +45,16 @@ def chunk_size(batch: int, per_sample: int, chunk: int | None) -> int:
 
 
 GROUPED_MIN_POSITIONS = 256  # conv outputs with this many positions use the grouped-convolution form on CPU
-CACHE_BLOCK = 1 << 16  # elements of one per-sample gradient block kept cache-resident while it is squared
+SMALL_GRAD = 1 << 16  # per-sample gradients up to this many elements: one bmm per chunk of samples
+CACHE_BLOCK = 1 << 18  # larger ones: blocks of this many elements, squared and accumulated while still in cache
 
 
 def seq_sqsum_torch(g: Tensor, x: Tensor, chunk: int | None, out: Tensor | None = None) -> Tensor:
     """``sum_b (g_b^T x_b)^2`` for g (B, T, O), x (B, T, K) -> (O, K), never materialising all per-sample gradients.
 
-    Small ``O x K``: one bmm per chunk of samples, squared and summed. Large ``O x K`` (memory-bound: the per-sample
-    gradient is written once per sample): per sample and per block of output rows, so that each block is squared and
-    accumulated (addcmul) while still in cache. Adds into ``out`` (O, K) when given.
+    Small ``O x K``: one bmm per chunk of samples, squared and summed. Large ``O x K`` on CPU (memory-bound: the
+    per-sample gradient is written once per sample): per sample and per block of output rows into one reused buffer
+    (no allocation per block), squared and accumulated (addcmul) while still in cache. Adds into ``out`` when given.
     """
     b, _, o = g.shape
     k = x.shape[2]
@@ -61,17 +62,19 @@ def seq_sqsum_torch(g: Tensor, x: Tensor, chunk: int | None, out: Tensor | None 
         return out.add_(seq_sqsum_torch(g, x, chunk).to(out.dtype))
     if out is None:
         out = torch.zeros(o, k, dtype=g.dtype, device=g.device)
-    if o * k <= CACHE_BLOCK or g.device.type != "cpu":
+    if o * k <= SMALL_GRAD or g.device.type != "cpu":
         c = chunk_size(b, o * k, chunk)
         for s in range(0, b, c):
             p = torch.bmm(g[s : s + c].transpose(1, 2), x[s : s + c])
             out.add_(p.square_().sum(0))
         return out
     ob = max(8, CACHE_BLOCK // k)
+    buf = torch.empty(min(ob, o), k, dtype=g.dtype, device=g.device)
     for i in range(b):
         gi, xi = g[i].t(), x[i]
         for s in range(0, o, ob):
-            p = gi[s : s + ob] @ xi
+            p = buf[: min(ob, o - s)]
+            torch.mm(gi[s : s + ob], xi, out=p)
             out[s : s + ob].addcmul_(p, p)
     return out
 
@@ -242,18 +245,28 @@ def _channels_last_tokens(ts: list[Tensor]) -> Tensor | None:
     return torch.cat([t.reshape(t.shape[0], t.shape[1], -1) for t in ts], dim=2).transpose(1, 2)
 
 
+def _spatial_sum(t: Tensor) -> Tensor:
+    """(B, C, *spatial) -> (B, C)."""
+    return t.reshape(t.shape[0], t.shape[1], -1).sum(2)
+
+
 def batchnorm_rule(mod: nn.Module, xs: list[Tensor], gs: list[Tensor], acc: dict[str, Tensor], *_: object) -> bool:
+    """``dl_i/dw_c = inv_c sum_s g_ics (x_ics - mean_c)``, ``dl_i/db_c = sum_s g_ics``: per-channel reductions in the
+    layer's own (B, C, *spatial) layout (one temporary, no transposed copy), summed over calls, squared."""
     if mod.training or mod.running_mean is None or mod.running_var is None:
         return False  # batch statistics couple the samples: no per-sample rule
+    if len({(t.shape[0], t.shape[1]) for t in xs + gs}) != 1:
+        return False
     c = mod.num_features
     view = (1, c) + (1,) * (xs[0].dim() - 2)
     mean = mod.running_mean.to(xs[0].dtype).reshape(view)
-    inv = torch.rsqrt(mod.running_var.to(xs[0].dtype) + mod.eps).reshape(view)
-    xhat = _channels_last_tokens([(x - mean) * inv for x in xs])
-    g = _channels_last_tokens(gs)
-    if xhat is None or g is None:
-        return False
-    return _affine_rule(xhat, g, acc)
+    inv = torch.rsqrt(mod.running_var.to(xs[0].dtype) + mod.eps)
+    if "weight" in acc:
+        w = sum(_spatial_sum((x - mean).mul_(g)) for x, g in zip(xs, gs)) * inv
+        _add(acc, "weight", w.square().sum(0))
+    if "bias" in acc:
+        _add(acc, "bias", sum(_spatial_sum(g) for g in gs).square().sum(0))
+    return True
 
 
 def groupnorm_rule(mod: nn.GroupNorm, xs: list[Tensor], gs: list[Tensor], acc: dict[str, Tensor], *_: object) -> bool:
