@@ -41,8 +41,12 @@ Contract for methods (state kept across experiences must be identical on every r
 * State updated from *training batches* (a replay buffer filled in ``on_train_batch_end``, running statistics) sees
   only this rank's share of the global batch: gather the batch across ranks (``self.all_gather``) before the update,
   so every rank applies the update of the 1-process run; otherwise rank 0's state, which is the one saved, holds
-  only its own share. Replay batches drawn inside ``training_step`` should be drawn per rank from a generator
-  seeded by (experience, step, rank), so the ranks draw different items like one larger draw would.
+  only its own share. Gather *interleaved* (row i of rank r is row ``i * W + r``, see "Training data order") to
+  rebuild the 1-process batch order, as :class:`cl.modules.buffer.ReservoirBuffer` does. A random draw inside
+  ``training_step`` (a replay batch) should be the 1-process draw, the same on every rank (the global RNG is seeded
+  identically on every rank), of which each rank keeps its share ``[rank::W]``: together the ranks then replay the
+  1-process batch (``ReservoirBuffer.sample(n, shard=True)``; ER and DER++ under 2 gloo processes match 1 process,
+  tests/engine/test_ddp_gloo.py).
 * Anything random in a hook must use a generator seeded from the config/experience, never the global RNG advanced
   differently on different ranks. Batch-coupled layers (BatchNorm) see per-rank batches: set
   ``trainer.sync_batchnorm=true`` for the 1-process statistics.

@@ -9,6 +9,9 @@ test tolerance 1e-6. Adam divides each gradient by its own magnitude, so gradien
 rounding noise, e.g. the attention key bias (softmax is shift-invariant), become steps of up to lr: with Adam (lr 1e-3,
 weights moved up to 6e-3) they differ by <= 3.2e-5, tolerance 1e-4; EWC's Fisher diagonal by <= 2.3e-4 relative,
 tolerance 1e-3. The accuracy matrices were identical in every measured case; the test allows one test sample per cell.
+Replay (ER, DER++, SGD): the buffer gathers the ranks' batches interleaved (the 1-process order) and each rank replays
+its share of the 1-process draw, so the buffers are identical (inputs and labels compared exactly) and the weights
+differ by <= 1.2e-7 (ER); DER++'s stored logits by <= 4.8e-7 (logits of half batches), tolerance 1e-5.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ SGD = ["method.optimizer._target_=torch.optim.SGD", "method.optimizer.lr=0.05"]
         ("ewc", [], WEIGHT_TOL),
         ("finetune", SGD, SGD_TOL),
         ("er", SGD, SGD_TOL),
-        pytest.param("derpp", SGD, SGD_TOL, marks=pytest.mark.slow),
+        pytest.param("derpp", SGD, 1e-5, marks=pytest.mark.slow),
         pytest.param("finetune", [], WEIGHT_TOL, marks=pytest.mark.slow),
         pytest.param("lwf", [], WEIGHT_TOL, marks=pytest.mark.slow),
     ],
