@@ -1,15 +1,20 @@
 """Benchmark: exact per-sample Fisher diagonal (``kernels.fisher_diagonal``) against one plain training pass.
 
-For each model (tiny ViT, reduced ResNet-18 for 32x32, MLP) and the same N samples, reports the time of
+For each model (tiny ViT, reduced ResNet-18 for 32x32, MLP), thread count and the same N samples, reports the time of
   train      one training forward + backward (model.train(), mean cross-entropy, loss.backward()) over the N samples,
-  fast       fisher_diagonal(mode="per_sample", backend="fast"),
+  fast       fisher_diagonal(mode="per_sample", backend="fast") (exact; the goal is <= 1.25x train on CPU),
+  batch      fisher_diagonal(mode="batch") (squared batch-mean gradient, the SSD reference / Avalanche quantity),
   torch.func fisher_diagonal(backend="reference") (vmap(grad) per-sample gradients),
   naive      a per-sample autograd loop (timed on --naive-samples samples, scaled to N),
-each as a ratio to ``train`` (goal for fast: <= 1.25), and the peak resident memory above the baseline of the worker
-process (goal for fast: <= 1.5x train). Each model runs in its own worker process (fresh allocator, VmHWM reset via
-/proc/self/clear_refs; on CUDA the allocator's peak). Random data; nothing is downloaded. Not a test:
-``python experiments/bench/fisher.py`` (CPU), ``python experiments/bench/fisher.py --device cuda`` (GPU: fast uses the
-Triton kernels for Linear layers; run ``pytest -m gpu tests/kernels`` first to check them).
+each as a ratio to ``train``: one warm-up round, then --repeats interleaved rounds (train, fast, ... in turn), the
+median. Peak memory: the resident-set high-water mark above the level before the call (VmHWM reset through
+/proc/self/clear_refs before each call; on CUDA the allocator's peak), the median over the timed rounds, the same
+method for every column (goal for fast: <= 1.5x train). Each (model, threads) runs in its own worker process. The
+ResNet's BatchNorm statistics and affine parameters are randomised (timm zero-initialises the last BatchNorm of each
+block, which would give zero gradients in eval mode). Random data; nothing is downloaded. Not a test. On a shared
+machine run it under the benchmark lock, e.g. ``flock /tmp/bench.lock python experiments/bench/fisher.py --models
+resnet --samples 128``; the load average is printed with every row. ``--device cuda`` times the Triton-dispatched path
+on a GPU (run ``pytest -m gpu tests/kernels`` first to check the kernels).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -24,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ("vit", "resnet", "mlp")
-METHODS = ("train", "fast", "torch.func", "naive")
+METHODS = ("train", "fast", "batch", "torch.func", "naive")
 
 
 def _rss_kib(field: str) -> int:
@@ -48,6 +54,12 @@ def _build(name: str, classes: int = 10):  # noqa: ANN202
         model = timm.create_model("resnet18", pretrained=False, num_classes=classes)
         model.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
         model.maxpool = nn.Identity()
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.data.uniform_(0.5, 1.5)
+                m.bias.data.uniform_(-0.5, 0.5)
         shape = (3, 32, 32)
     else:
         model = nn.Sequential(nn.Flatten(), nn.Linear(3072, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(),
@@ -90,19 +102,21 @@ def _worker(args: argparse.Namespace) -> dict:
     runs = {
         "train": train,
         "fast": lambda: fisher_diagonal(model, batches, backend="fast"),
+        "batch": lambda: fisher_diagonal(model, batches, mode="batch"),
         "torch.func": lambda: fisher_diagonal(model, batches, backend="reference", chunk=args.func_chunk),
         "naive": naive,
     }
     methods = [m for m in METHODS if m in args.methods]
-    times: dict[str, float] = {m: float("inf") for m in methods}
-    peak: dict[str, float] = {}
-    for rep in range(args.repeats + 1):  # interleaved; rep 0 is a warm-up that also records the peak memory
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    peaks: dict[str, list[float]] = {m: [] for m in methods}
+    load0 = os.getloadavg()[0]
+    for rep in range(args.repeats + 1):  # interleaved; round 0 is a warm-up
         for m in methods:
-            if rep == 0 and cuda:
+            if cuda:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
                 base = torch.cuda.memory_allocated() / 1024
-            elif rep == 0:
+            else:
                 Path("/proc/self/clear_refs").write_text("5")
                 base = _rss_kib("VmRSS")
             t0 = time.perf_counter()
@@ -110,17 +124,48 @@ def _worker(args: argparse.Namespace) -> dict:
             if cuda:
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t0
-            if rep == 0:
-                top = torch.cuda.max_memory_allocated() / 1024 if cuda else _rss_kib("VmHWM")
-                peak[m] = (top - base) / 1024
-            else:
-                times[m] = min(times[m], dt * (args.samples / args.naive_samples if m == "naive" else 1.0))
+            top = torch.cuda.max_memory_allocated() / 1024 if cuda else _rss_kib("VmHWM")
+            if rep > 0:
+                times[m].append(dt * (args.samples / args.naive_samples if m == "naive" else 1.0))
+                peaks[m].append((top - base) / 1024)
     fast = fisher_diagonal(model, batches, backend="fast")
     check_batches = batches[:1]
     ref = fisher_diagonal(model, check_batches, backend="reference", chunk=args.func_chunk)
     one = fisher_diagonal(model, check_batches, backend="fast")
     err = max(float((one.diag[n] - ref.diag[n]).norm() / ref.diag[n].norm().clamp_min(1e-30)) for n in ref.diag)
-    return {"model": args.model, "times": times, "peak_mib": peak, "fallback": list(fast.fallback), "max_rel_err": err}
+    return {
+        "model": args.model,
+        "threads": args.threads,
+        "times": {m: statistics.median(v) for m, v in times.items()},
+        "all_times": times,
+        "peak_mib": {m: statistics.median(v) for m, v in peaks.items()},
+        "fallback": list(fast.fallback),
+        "max_rel_err": err,
+        "load": [load0, os.getloadavg()[0]],
+    }
+
+
+def _worker_cmd(args: argparse.Namespace, model: str, threads: int) -> list[str]:
+    cmd = [sys.executable, __file__, "--model", model, "--threads", str(threads), "--methods", *args.methods]
+    for key in ("samples", "batch", "naive_samples", "func_chunk", "device", "repeats"):
+        cmd += ["--" + key.replace("_", "-"), str(getattr(args, key))]
+    return cmd
+
+
+def _print_table(rows: list[dict], args: argparse.Namespace) -> None:
+    others = [m for m in args.methods if m != "train"]
+    print(f"N={args.samples} batch={args.batch} repeats={args.repeats} (median); ratios to train (time | peak memory)")
+    head = "".join(f"{m:>11s}" for m in others)
+    print(f"{'model':7s}{'thr':>4s}{head}  |{head}  {'train_s':>8s}{'train_MiB':>10s}{'rel_err':>9s}  load")
+    for r in rows:
+        t, p = r["times"], r["peak_mib"]
+        tc = "".join(f"{t[m] / t['train']:10.2f}x" for m in others)
+        pc = "".join(f"{p[m] / max(p['train'], 1e-9):10.2f}x" for m in others)
+        load = f"{r['load'][0]:.1f}->{r['load'][1]:.1f}"
+        err = r["max_rel_err"]
+        print(f"{r['model']:7s}{r['threads']:4d}{tc}  |{pc}  {t['train']:8.2f}{p['train']:10.0f}{err:9.1e}  {load}")
+        if r["fallback"]:
+            print(f"  reference fallback for: {r['fallback']}")
 
 
 def main() -> None:
@@ -131,32 +176,25 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--naive-samples", type=int, default=32, help="the naive loop is timed on this many, scaled to N")
     ap.add_argument("--func-chunk", type=int, default=16, help="samples per vmap call of the torch.func reference")
-    ap.add_argument(
-        "--threads", type=int, default=1, help="1 on a shared machine: OpenMP spin-waits ruin many-small-op timings"
-    )
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="one worker per model and thread count")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda to time the Triton-dispatched path on a GPU")
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3, help="timed interleaved rounds after one warm-up round")
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args()
+    if "train" not in args.methods:
+        args.methods = ["train", *args.methods]
     if args.model:
+        args.threads = args.threads[0]
         print(json.dumps(_worker(args)))
         return
     env = dict(os.environ, PYTHONPATH=str(ROOT), MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
     rows = []
     for name in args.models:
-        cmd = [sys.executable, __file__, "--model", name, *sys.argv[1:]]
-        out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
-        rows.append(json.loads(out.strip().splitlines()[-1]))
-    print(f"N={args.samples} batch={args.batch} threads={args.threads}; time and peak memory relative to train")
-    print(f"{'model':8s}" + "".join(f"{m:>14s}" for m in args.methods) + "   train_s  train_MiB  fast_MiB  rel_err")
-    for r in rows:
-        t, p = r["times"], r["peak_mib"]
-        cells = "".join(f"{t[m] / t['train']:13.2f}x" for m in args.methods)
-        fast_mib = p.get("fast", float("nan"))
-        print(f"{r['model']:8s}{cells}   {t['train']:7.2f}  {p['train']:9.0f}  {fast_mib:8.0f}  {r['max_rel_err']:.1e}")
-        if r["fallback"]:
-            print(f"  reference fallback for: {r['fallback']}")
+        for threads in args.threads:
+            out = subprocess.run(_worker_cmd(args, name, threads), env=env, check=True, capture_output=True, text=True)
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    _print_table(rows, args)
     if args.json:
         tmp = Path(args.json).with_suffix(".tmp")
         tmp.write_text(json.dumps(rows, indent=2))
