@@ -1,10 +1,10 @@
 """Folder-of-images plumbing shared by the file-backed loaders (ImageNet-R, DomainNet, Tiny ImageNet).
 
-Three steps every such loader takes: check that the dataset folder exists before any heavy work (none of these
-datasets can be downloaded automatically, so ``data.download=true`` only changes the message), list a folder's image
-files as ``torchvision.datasets.ImageFolder`` does (sorted, filtered by extension) but skipping hidden files (macOS
-``._*`` resource forks, which are not images), and wrap the
-final path/label lists in :class:`FileImageDataset` with the train/test transforms of ``transforms.py``.
+Three steps every such loader takes: check that the dataset folder exists before any heavy work (none of these datasets
+can be downloaded automatically, so ``data.download=true`` only changes the message), list a folder's image files as
+``torchvision.datasets.ImageFolder`` does (sorted, filtered by extension) but skipping hidden files (macOS ``._*``
+resource forks, which are not images), and wrap the final path/label lists in :class:`FileImageDataset` with the
+train/test transforms of ``transforms.py``.
 """
 
 from __future__ import annotations
