@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kernels.fisher_reference import sample_labels
-from kernels.fisher_rules import SqSum, chunk_size, rule_for
+from kernels.fisher_rules import SqOps, SqSum, chunk_size, rule_for
 
 
 @dataclass
@@ -157,7 +157,9 @@ def _attempt_inner(plan, model, forward_fn, x, y, generator, chunk, seq, vec, ac
         if calls:
             local_acc = {lc: acc[full] for lc, full in owner.local.items()}
             with torch.no_grad():
-                ok = owner.rule(owner.module, [c[0] for c in calls], [c[4] for c in calls], local_acc, chunk, seq, vec)
+                ok = owner.rule(
+                    owner.module, [c[0] for c in calls], [c[4] for c in calls], local_acc, SqOps(seq, vec, chunk)
+                )
             if not ok:
                 failed.extend(owner.local.values())
         for c in owner.calls:  # release the captures now, not at the end of the backward

@@ -27,6 +27,7 @@ call pattern (the caller then falls back to the torch.func reference).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,14 @@ from torch import Tensor, nn
 DEFAULT_BUDGET = 1 << 22  # elements of per-sample temporaries allowed at once when `chunk` is not given
 
 SqSum = Callable[[Tensor, Tensor, int | None, Tensor | None], Tensor]  # (g, x, chunk, out) -> out
+
+
+class SqOps(NamedTuple):
+    """What every rule gets besides the captures: the two squared-product kernels (torch or Triton) and ``chunk``."""
+
+    seq: SqSum
+    vec: SqSum
+    chunk: int | None = None
 
 
 def chunk_size(batch: int, per_sample: int, chunk: int | None) -> int:
@@ -102,19 +111,11 @@ def _tokens(ts: list[Tensor], feat_dims: int) -> Tensor | None:
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
-def linear_rule(
-    mod: nn.Linear,
-    xs: list[Tensor],
-    gs: list[Tensor],
-    acc: dict[str, Tensor],
-    chunk: int | None,
-    seq: SqSum,
-    vec: SqSum,
-) -> bool:
+def linear_rule(mod: nn.Linear, xs: list[Tensor], gs: list[Tensor], acc: dict[str, Tensor], ops: SqOps) -> bool:
     if len(xs) == 1 and xs[0].dim() == 2:
         x, g = xs[0], gs[0]
         if "weight" in acc:
-            vec(g, x, chunk, acc["weight"])
+            ops.vec(g, x, ops.chunk, acc["weight"])
         if "bias" in acc:
             _add(acc, "bias", g.square().sum(0))
         return True
@@ -122,7 +123,7 @@ def linear_rule(
     if x is None or g is None:
         return False
     if "weight" in acc:
-        seq(g, x, chunk, acc["weight"])
+        ops.seq(g, x, ops.chunk, acc["weight"])
     if "bias" in acc:
         _add(acc, "bias", g.sum(1).square().sum(0))
     return True
@@ -145,15 +146,7 @@ def _conv_padding(mod: nn.Conv2d, x: Tensor) -> Tensor:
     return F.pad(x, pads, mode=mode)
 
 
-def conv2d_rule(
-    mod: nn.Conv2d,
-    xs: list[Tensor],
-    gs: list[Tensor],
-    acc: dict[str, Tensor],
-    chunk: int | None,
-    seq: SqSum,
-    vec: SqSum,
-) -> bool:
+def conv2d_rule(mod: nn.Conv2d, xs: list[Tensor], gs: list[Tensor], acc: dict[str, Tensor], ops: SqOps) -> bool:
     if any(x.dim() != 4 for x in xs) or len({x.shape[0] for x in xs}) != 1:
         return False
     b = xs[0].shape[0]
@@ -167,10 +160,10 @@ def conv2d_rule(
     k = mod.weight[0].numel()  # (C_in / groups) * kh * kw
     l_total = grads.shape[2]
     if l_total >= GROUPED_MIN_POSITIONS and grads.device.type == "cpu":
-        _conv_weight_grouped(mod, xs, gs, chunk, acc["weight"])
+        _conv_weight_grouped(mod, xs, gs, ops.chunk, acc["weight"])
         return True
     w_acc = acc["weight"].view(c_out, k)
-    c = chunk_size(b, k * l_total * groups, chunk)
+    c = chunk_size(b, k * l_total * groups, ops.chunk)
     for s in range(0, b, c):
         cols_list = [
             F.unfold(_conv_padding(mod, x[s : s + c]), mod.kernel_size, mod.dilation, 0, mod.stride) for x in xs
@@ -178,7 +171,7 @@ def conv2d_rule(
         cols = cols_list[0] if len(cols_list) == 1 else torch.cat(cols_list, dim=2)  # (c, C_in kh kw, L)
         gc = grads[s : s + c]
         if groups == 1:
-            seq(gc.transpose(1, 2), cols.transpose(1, 2), None, w_acc)
+            ops.seq(gc.transpose(1, 2), cols.transpose(1, 2), None, w_acc)
         else:
             n = gc.shape[0]
             cg = cols.reshape(n, groups, k, l_total)
@@ -225,7 +218,7 @@ def _affine_rule(xhat: Tensor, g: Tensor, acc: dict[str, Tensor]) -> bool:
     return True
 
 
-def layernorm_rule(mod: nn.Module, xs: list[Tensor], gs: list[Tensor], acc: dict[str, Tensor], *_: object) -> bool:
+def layernorm_rule(mod: nn.Module, xs: list[Tensor], gs: list[Tensor], acc: dict[str, Tensor], _ops: SqOps) -> bool:
     shape = tuple(mod.normalized_shape)
     if isinstance(mod, nn.RMSNorm):
         eps = mod.eps if mod.eps is not None else torch.finfo(xs[0].dtype).eps
@@ -250,7 +243,7 @@ def _spatial_sum(t: Tensor) -> Tensor:
     return t.reshape(t.shape[0], t.shape[1], -1).sum(2)
 
 
-def batchnorm_rule(mod: nn.Module, xs: list[Tensor], gs: list[Tensor], acc: dict[str, Tensor], *_: object) -> bool:
+def batchnorm_rule(mod: nn.Module, xs: list[Tensor], gs: list[Tensor], acc: dict[str, Tensor], _ops: SqOps) -> bool:
     """``dl_i/dw_c = inv_c sum_s g_ics (x_ics - mean_c)``, ``dl_i/db_c = sum_s g_ics``: per-channel reductions in the
     layer's own (B, C, *spatial) layout (one temporary, no transposed copy), summed over calls, squared."""
     if mod.training or mod.running_mean is None or mod.running_var is None:
@@ -269,7 +262,7 @@ def batchnorm_rule(mod: nn.Module, xs: list[Tensor], gs: list[Tensor], acc: dict
     return True
 
 
-def groupnorm_rule(mod: nn.GroupNorm, xs: list[Tensor], gs: list[Tensor], acc: dict[str, Tensor], *_: object) -> bool:
+def groupnorm_rule(mod: nn.GroupNorm, xs: list[Tensor], gs: list[Tensor], acc: dict[str, Tensor], _ops: SqOps) -> bool:
     xhat = _channels_last_tokens([F.group_norm(x, mod.num_groups, None, None, mod.eps) for x in xs])
     g = _channels_last_tokens(gs)
     if xhat is None or g is None:
@@ -277,7 +270,7 @@ def groupnorm_rule(mod: nn.GroupNorm, xs: list[Tensor], gs: list[Tensor], acc: d
     return _affine_rule(xhat, g, acc)
 
 
-def embedding_rule(mod: nn.Embedding, xs: list[Tensor], gs: list[Tensor], acc: dict[str, Tensor], *_: object) -> bool:
+def embedding_rule(mod: nn.Embedding, xs: list[Tensor], gs: list[Tensor], acc: dict[str, Tensor], _ops: SqOps) -> bool:
     if mod.scale_grad_by_freq or "weight" not in acc or len({x.shape[0] for x in xs}) != 1:
         return False
     b, n_rows, dim = xs[0].shape[0], mod.num_embeddings, mod.embedding_dim
@@ -315,4 +308,4 @@ def rule_for(mod: nn.Module) -> Callable[..., bool] | None:
     return None
 
 
-__all__ = ["DEFAULT_BUDGET", "chunk_size", "rule_for", "seq_sqsum_torch", "vec_sqsum_torch"]
+__all__ = ["DEFAULT_BUDGET", "SqOps", "chunk_size", "rule_for", "seq_sqsum_torch", "vec_sqsum_torch"]

@@ -192,7 +192,9 @@ def main() -> None:
     rows = []
     for name in args.models:
         for threads in args.threads:
-            out = subprocess.run(_worker_cmd(args, name, threads), env=env, check=True, capture_output=True, text=True)
+            out = subprocess.run(_worker_cmd(args, name, threads), env=env, capture_output=True, text=True)
+            if out.returncode != 0:
+                sys.exit(f"worker {name} threads={threads} failed:\n{out.stderr[-4000:]}")
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     _print_table(rows, args)
     if args.json:
