@@ -51,11 +51,12 @@ Contract for methods (state kept across experiences must be identical on every r
   differently on different ranks. Batch-coupled layers (BatchNorm) see per-rank batches: set
   ``trainer.sync_batchnorm=true`` for the 1-process statistics.
 
-Preemption: a SIGTERM during ``trainer.fit`` becomes :class:`cl.engine.loop.Preempted`; one received outside it
-(evaluation, checkpoint writing) is held by :class:`SigtermLatch` until the experience's checkpoint is written, and the
-run stops before the next experience (all ranks agree, :func:`any_rank`). ``cl.run`` exits with 143 after
-the completed experiences' checkpoints are on disk, and, with ``requeue_on_preempt=true`` inside a SLURM job, first
-asks SLURM to requeue the job (:func:`requeue_slurm_job`). The requeued job re-runs the same command into the same run
+Preemption: a SIGTERM during ``trainer.fit`` becomes :class:`cl.engine.loop.Preempted` (under DDP every rank at the
+same step: :class:`cl.engine.ddp_strategy.DDPStrategy`); one received outside it (evaluation, checkpoint writing) is
+held by :class:`SigtermLatch` until the experience's checkpoint is written, and the run stops before the next
+experience (all ranks agree, :func:`any_rank`). ``cl.run`` exits with 143 after the completed experiences' checkpoints
+are on disk, and, with ``requeue_on_preempt=true`` inside a SLURM job, first asks SLURM to requeue the job
+(:func:`requeue_slurm_job`). The requeued job re-runs the same command into the same run
 directory, which resumes after the last completed experience.
 """
 

@@ -137,4 +137,8 @@ def test_trainer_configs_build_the_intended_trainer(make_cfg, tmp_path: Path, na
     assert trainer._accelerator_connector.use_distributed_sampler is False  # the engine shards (identical order)
     assert trainer.max_epochs == 1  # the shrunk test config applies to ddp configs too
     gpu = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "trainer" / "ddp.yaml")
-    assert gpu.strategy == "ddp" and gpu.accelerator == "gpu"
+    assert gpu.strategy._target_ == "cl.engine.ddp_strategy.DDPStrategy" and gpu.accelerator == "gpu"
+    if world == 2:  # the engine's DDP strategy: every rank stops at the same step on SIGTERM
+        from cl.engine.ddp_strategy import DDPStrategy
+
+        assert isinstance(trainer.strategy, DDPStrategy) and trainer.strategy.process_group_backend == "gloo"
