@@ -62,7 +62,7 @@ SGD = ["method.optimizer._target_=torch.optim.SGD", "method.optimizer.lr=0.05"]
     [
         ("ewc", [], WEIGHT_TOL),
         ("finetune", SGD, SGD_TOL),
-        ("er", SGD, SGD_TOL),
+        pytest.param("er", SGD, SGD_TOL, marks=pytest.mark.slow),  # ~2 min on a loaded 2-core machine
         pytest.param("derpp", SGD, 1e-5, marks=pytest.mark.slow),
         pytest.param("finetune", [], WEIGHT_TOL, marks=pytest.mark.slow),
         pytest.param("lwf", [], WEIGHT_TOL, marks=pytest.mark.slow),

@@ -80,6 +80,7 @@ def _pgid(proc: Path) -> int | None:
         return None
 
 
+@pytest.mark.slow  # ~2.6 min on a loaded 2-core machine (three 2-process runs)
 @pytest.mark.timeout(900)
 def test_sigterm_stops_both_ranks_and_resume_completes_the_run(tmp_path):
     marker = tmp_path / "sigterm_sent"

@@ -95,6 +95,7 @@ def _compare(ddp_dir: Path, one_dir: Path, ref: dict, tol: float) -> float:
     return worst
 
 
+@pytest.mark.slow  # ~2.3 min on a loaded 2-core machine (2 processes + the 1-process reference)
 @pytest.mark.timeout(600)
 def test_ssd_under_two_gloo_processes_equals_one_process(trained, tmp_path):
     run_dir, cls = trained
@@ -114,6 +115,7 @@ def test_ssd_under_two_gloo_processes_equals_one_process(trained, tmp_path):
     assert ddp["method_info"]["selected_parameters"] == ref["method_info"]["selected_parameters"]
 
 
+@pytest.mark.slow  # ~2.2 min on a loaded 2-core machine
 @pytest.mark.timeout(600)
 def test_finetune_under_two_gloo_processes_trains_like_one_process(trained, tmp_path):
     run_dir, cls = trained
