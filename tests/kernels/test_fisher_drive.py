@@ -1,0 +1,161 @@
+"""The frozen drive of the fast backend (kernels.fisher_fast, 2.), the blocked CPU product and the BatchNorm rule."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from kernels import fisher_diagonal
+from kernels import fisher_rules as rules
+from tests.kernels.models import MLP, ConvNet, rel_err
+
+torch.set_num_threads(1)
+
+
+class _Spy(torch.autograd.Function):
+    """Identity whose backward records that a gradient flowed through it."""
+
+    calls = 0
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        _Spy.calls += 1
+        return g
+
+
+def _data(n: int = 6, d: int = 5, classes: int = 3, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, classes, (n,), generator=gen)
+    return [(x[: n // 2], y[: n // 2]), (x[n // 2 :], y[n // 2 :])]
+
+
+def test_no_input_gradient_no_weight_gradient_flags_restored() -> None:
+    """The backward stops at the first layer's output (nothing flows into x) and never reaches a parameter; the
+    caller's requires_grad flags (one parameter frozen by the caller) come back unchanged."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    model[0].bias.requires_grad_(False)
+    fired: list[str] = []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            p.register_hook(lambda g, name=name: fired.append(name))
+    data = _data()
+    _Spy.calls = 0
+    fast = fisher_diagonal(model, data, forward_fn=lambda x: model(_Spy.apply(x)))
+    assert _Spy.calls == 0
+    assert fired == []
+    assert [p.requires_grad for p in model.parameters()] == [True, False, True, True]
+    ref = fisher_diagonal(model, data, backend="reference")
+    assert set(fast.diag) == {"0.weight", "2.weight", "2.bias"}
+    for n in ref.diag:
+        assert rel_err(fast.diag[n], ref.diag[n]) < 1e-5, n
+
+
+def test_outside_leaf_falls_back_to_layer_drivers() -> None:
+    """An input that needs a gradient for a reason outside the model (a tensor the forward_fn adds) defeats the
+    frozen drive: the probes notice and the layer outputs drive the backward; the tensor's .grad stays untouched."""
+    torch.manual_seed(0)
+    model = MLP().double()
+    shift = torch.zeros(5, dtype=torch.float64, requires_grad=True)
+    data = _data(seed=1)
+    fast = fisher_diagonal(model, data, forward_fn=lambda x: model(x + shift))
+    ref = fisher_diagonal(model, data, forward_fn=lambda x: model(x + shift), backend="reference")
+    assert shift.grad is None
+    for n in ref.diag:
+        assert ref.diag[n].abs().sum() > 0, n
+        assert rel_err(fast.diag[n], ref.diag[n]) < 1e-5, n
+
+
+def test_in_place_on_the_first_layer_output() -> None:
+    """The first layer's output becomes a leaf: the model's in-place op on it must act on a copy, not the leaf."""
+
+    class InPlaceFirst(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1 = nn.Linear(5, 6)
+            self.fc2 = nn.Linear(6, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.fc1(x)
+            h.relu_()
+            return self.fc2(h)
+
+    torch.manual_seed(0)
+    model = InPlaceFirst().double()
+    data = _data(seed=2)
+    fast = fisher_diagonal(model, data)
+    ref = fisher_diagonal(model, data, backend="reference")
+    for n in ref.diag:
+        assert rel_err(fast.diag[n], ref.diag[n]) < 1e-5, n
+
+
+@pytest.mark.parametrize("block", [1 << 12, rules.CACHE_BLOCK])
+def test_blocked_sequence_product(block: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-sample, per-row-block CPU path (O x K above SMALL_GRAD; row blocks not dividing O) equals the einsum."""
+    monkeypatch.setattr(rules, "CACHE_BLOCK", block)
+    gen = torch.Generator().manual_seed(3)
+    g = torch.randn(3, 5, 300, generator=gen, dtype=torch.float64)
+    x = torch.randn(3, 5, 230, generator=gen, dtype=torch.float64)
+    assert 300 * 230 > rules.SMALL_GRAD
+    expect = torch.einsum("bto,btk->bok", g, x).square().sum(0)
+    assert rel_err(rules.seq_sqsum_torch(g, x, None), expect) < 1e-12
+    out32 = torch.ones(300, 230)
+    rules.seq_sqsum_torch(g, x, None, out32)  # float32 accumulator: added after the float64 product
+    assert rel_err(out32.double(), expect + 1) < 1e-6
+
+
+class _BatchNorms(nn.Module):
+    """BatchNorm1d on vectors, and one BatchNorm2d called twice (per-sample sums over both calls)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(3)
+        self.bn1 = nn.BatchNorm1d(3)
+        self.fc = nn.Linear(3, 4)
+        with torch.no_grad():
+            for bn in (self.bn1, self.bn2):
+                bn.running_mean.uniform_(-1, 1)
+                bn.running_var.uniform_(0.5, 2.0)
+                bn.weight.uniform_(0.5, 1.5)
+                bn.bias.uniform_(-0.5, 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.bn2(self.conv(x)))
+        h = self.bn2(h * h)
+        return self.fc(self.bn1(h.mean((2, 3))))
+
+
+def test_batchnorm_rule_vectors_and_repeated_calls() -> None:
+    torch.manual_seed(0)
+    model = _BatchNorms().double()
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(6, 2, 5, 5, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 4, (6,), generator=gen)
+    data = [(x[:3], y[:3]), (x[3:], y[3:])]
+    fast = fisher_diagonal(model, data)
+    ref = fisher_diagonal(model, data, backend="reference")
+    assert fast.fallback == ()
+    for n in ref.diag:
+        assert ref.diag[n].abs().sum() > 0, n
+        assert rel_err(fast.diag[n], ref.diag[n]) < 1e-5, n
+
+
+def test_conv_paths_agree_across_the_grouped_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Conv2d weights through the grouped-convolution form and through unfold + products give the same diagonal."""
+    torch.manual_seed(0)
+    model = ConvNet().double()
+    gen = torch.Generator().manual_seed(5)
+    data = [(torch.randn(5, 3, 8, 8, generator=gen, dtype=torch.float64), torch.randint(0, 4, (5,), generator=gen))]
+    monkeypatch.setattr(rules, "GROUPED_MIN_POSITIONS", 1)
+    grouped = fisher_diagonal(model, data)
+    monkeypatch.setattr(rules, "GROUPED_MIN_POSITIONS", 10**9)
+    unfolded = fisher_diagonal(model, data)
+    for n in ("c1.weight", "c2.weight", "c3.weight"):
+        assert rel_err(grouped.diag[n], unfolded.diag[n]) < 1e-10, n
