@@ -161,14 +161,14 @@ def _fast_part(plan, model, forward_fn, x, y, generator, chunk, seq, vec, sums) 
 
     if not plan.drive_decided:  # can the backward run frozen (kernels.fisher_fast, 2.)? two 2-sample probes decide
         plan.drive_decided = True
-        scratch = {n: torch.zeros_like(v) for n, v in sums.items()}
+        nothing: dict[str, torch.Tensor] = {}  # probes compute no rule: they add nothing
         y_probe = torch.zeros(min(2, x.shape[0]), dtype=torch.long, device=x.device)
         plan.probe = True
         try:
-            fisher_fast.fast_batch(plan, model, forward_fn, x[:2], y_probe, None, chunk, seq, vec, scratch)
+            fisher_fast.fast_batch(plan, model, forward_fn, x[:2], y_probe, None, chunk, seq, vec, nothing)
             reached = set(plan.fired)
             plan.freeze = True
-            fisher_fast.fast_batch(plan, model, forward_fn, x[:2], y_probe, None, chunk, seq, vec, scratch)
+            fisher_fast.fast_batch(plan, model, forward_fn, x[:2], y_probe, None, chunk, seq, vec, nothing)
             plan.freeze = plan.fired == reached
         finally:
             plan.probe = False

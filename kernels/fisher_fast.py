@@ -54,7 +54,7 @@ class FastPlan:
     checked_broadcast: bool = False
     freeze: bool = False  # parameters frozen, first layers' outputs are the drivers (see the module docstring, 2.)
     drive_decided: bool = False
-    probe: bool = False  # a probe pass: leave the broadcast check values alone
+    probe: bool = False  # a probe pass: computes no rule, only records which layers fired
     fired: set[str] = field(default_factory=set)  # modules whose output gradient arrived in the last pass
     check_values: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)  # (batch sum, first-two sum)
 
@@ -154,7 +154,7 @@ def _attempt_inner(plan, model, forward_fn, x, y, generator, chunk, seq, vec, ac
     def run_rule(owner: _Owner) -> None:
         calls = [c for c in owner.calls if c[4] is not None]
         owner.done = True
-        if calls:
+        if calls and not plan.probe:  # a probe only records which layers the backward reached
             local_acc = {lc: acc[full] for lc, full in owner.local.items()}
             with torch.no_grad():
                 ok = owner.rule(
@@ -253,11 +253,13 @@ def _attempt_inner(plan, model, forward_fn, x, y, generator, chunk, seq, vec, ac
         for mod, local, p, _ in subs:
             mod._parameters[local] = p
     for (_, _, full), (_, _, p, _), g in zip(plan.broadcast, subs, grads[: len(subs)]):
+        if plan.probe:
+            continue
         if g is None:
             g = torch.zeros(x.shape[0], *p.shape[1:], dtype=p.dtype, device=p.device)
         if plan.checked_broadcast:
             acc[full].add_(g.square().sum(0, keepdim=True).to(acc[full].dtype))
-        elif not plan.probe:
+        else:
             plan.check_values[full] = (g.square().sum(0, keepdim=True), g[:2].square().sum(0, keepdim=True))
     for owner in plan.owners.values():
         if any(c[0] is None for c in owner.calls) or (not owner.done and not owner.calls and owner.rule is not None):
@@ -265,7 +267,7 @@ def _attempt_inner(plan, model, forward_fn, x, y, generator, chunk, seq, vec, ac
         elif owner.rule is not None and not owner.done:
             run_rule(owner)
         elif owner.rule is None and owner.calls:
-            if any(c[4] is not None for c in owner.calls):  # else: output unused, zero contribution
+            if not plan.probe and any(c[4] is not None for c in owner.calls):  # else: unused, zero contribution
                 _module_vjp_sqsum(owner, chunk, acc)
         elif owner.rule is None:
             failed.extend(owner.local.values())

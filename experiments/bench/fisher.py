@@ -4,7 +4,8 @@ For each model (tiny ViT, reduced ResNet-18 for 32x32, MLP), thread count and th
   train      one training forward + backward (model.train(), mean cross-entropy, loss.backward()) over the N samples,
   fast       fisher_diagonal(mode="per_sample", backend="fast") (exact; the goal is <= 1.25x train on CPU),
   batch      fisher_diagonal(mode="batch") (squared batch-mean gradient, the SSD reference / Avalanche quantity),
-  torch.func fisher_diagonal(backend="reference") (vmap(grad) per-sample gradients),
+  torch.func fisher_diagonal(backend="reference") (vmap(grad) per-sample gradients; timed on the first
+             --func-samples samples, scaled to N),
   naive      a per-sample autograd loop (timed on --naive-samples samples, scaled to N),
 each as a ratio to ``train``: one warm-up round, then --repeats interleaved rounds (train, fast, ... in turn), the
 median. Peak memory: the resident-set high-water mark above the level before the call (VmHWM reset through
@@ -30,6 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ("vit", "resnet", "mlp")
+SAMPLES = {"vit": 256, "resnet": 128, "mlp": 2048}  # default N per model: a few minutes in all on one shared core
 METHODS = ("train", "fast", "batch", "torch.func", "naive")
 
 
@@ -83,6 +85,11 @@ def _worker(args: argparse.Namespace) -> dict:
     x = torch.randn(args.samples, *shape, device=device)
     y = torch.randint(0, 10, (args.samples,), device=device)
     batches = [(x[i : i + args.batch], y[i : i + args.batch]) for i in range(0, args.samples, args.batch)]
+    n_func = min(args.func_samples, args.samples)
+    func_batches = [
+        (x[i : min(i + args.batch, n_func)], y[i : min(i + args.batch, n_func)]) for i in range(0, n_func, args.batch)
+    ]
+    scale = {"naive": args.samples / args.naive_samples, "torch.func": args.samples / n_func}
 
     def train() -> None:
         model.train()
@@ -103,7 +110,7 @@ def _worker(args: argparse.Namespace) -> dict:
         "train": train,
         "fast": lambda: fisher_diagonal(model, batches, backend="fast"),
         "batch": lambda: fisher_diagonal(model, batches, mode="batch"),
-        "torch.func": lambda: fisher_diagonal(model, batches, backend="reference", chunk=args.func_chunk),
+        "torch.func": lambda: fisher_diagonal(model, func_batches, backend="reference", chunk=args.func_chunk),
         "naive": naive,
     }
     methods = [m for m in METHODS if m in args.methods]
@@ -126,7 +133,7 @@ def _worker(args: argparse.Namespace) -> dict:
             dt = time.perf_counter() - t0
             top = torch.cuda.max_memory_allocated() / 1024 if cuda else _rss_kib("VmHWM")
             if rep > 0:
-                times[m].append(dt * (args.samples / args.naive_samples if m == "naive" else 1.0))
+                times[m].append(dt * scale.get(m, 1.0))
                 peaks[m].append((top - base) / 1024)
     fast = fisher_diagonal(model, batches, backend="fast")
     check_batches = batches[:1]
@@ -136,6 +143,7 @@ def _worker(args: argparse.Namespace) -> dict:
     return {
         "model": args.model,
         "threads": args.threads,
+        "samples": args.samples,
         "times": {m: statistics.median(v) for m, v in times.items()},
         "all_times": times,
         "peak_mib": {m: statistics.median(v) for m, v in peaks.items()},
@@ -147,23 +155,25 @@ def _worker(args: argparse.Namespace) -> dict:
 
 def _worker_cmd(args: argparse.Namespace, model: str, threads: int) -> list[str]:
     cmd = [sys.executable, __file__, "--model", model, "--threads", str(threads), "--methods", *args.methods]
-    for key in ("samples", "batch", "naive_samples", "func_chunk", "device", "repeats"):
+    cmd += ["--samples", str(args.samples or SAMPLES[model])]
+    for key in ("batch", "naive_samples", "func_samples", "func_chunk", "device", "repeats"):
         cmd += ["--" + key.replace("_", "-"), str(getattr(args, key))]
     return cmd
 
 
 def _print_table(rows: list[dict], args: argparse.Namespace) -> None:
     others = [m for m in args.methods if m != "train"]
-    print(f"N={args.samples} batch={args.batch} repeats={args.repeats} (median); ratios to train (time | peak memory)")
+    print(f"batch={args.batch} repeats={args.repeats} (median); ratios to train (time | peak memory)")
     head = "".join(f"{m:>11s}" for m in others)
-    print(f"{'model':7s}{'thr':>4s}{head}  |{head}  {'train_s':>8s}{'train_MiB':>10s}{'rel_err':>9s}  load")
+    print(f"{'model':7s}{'N':>5s}{'thr':>4s}{head}  |{head}  {'train_s':>8s}{'train_MiB':>10s}{'rel_err':>9s}  load")
     for r in rows:
         t, p = r["times"], r["peak_mib"]
         tc = "".join(f"{t[m] / t['train']:10.2f}x" for m in others)
         pc = "".join(f"{p[m] / max(p['train'], 1e-9):10.2f}x" for m in others)
         load = f"{r['load'][0]:.1f}->{r['load'][1]:.1f}"
         err = r["max_rel_err"]
-        print(f"{r['model']:7s}{r['threads']:4d}{tc}  |{pc}  {t['train']:8.2f}{p['train']:10.0f}{err:9.1e}  {load}")
+        tail = f"{t['train']:8.2f}{p['train']:10.0f}{err:9.1e}  {load}"
+        print(f"{r['model']:7s}{r['samples']:5d}{r['threads']:4d}{tc}  |{pc}  {tail}")
         if r["fallback"]:
             print(f"  reference fallback for: {r['fallback']}")
 
@@ -172,9 +182,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    ap.add_argument("--samples", type=int, default=512)
+    ap.add_argument("--samples", type=int, help=f"N (default per model: {SAMPLES})")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--naive-samples", type=int, default=32, help="the naive loop is timed on this many, scaled to N")
+    ap.add_argument("--func-samples", type=int, default=256, help="torch.func is timed on this many, scaled to N")
     ap.add_argument("--func-chunk", type=int, default=16, help="samples per vmap call of the torch.func reference")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="one worker per model and thread count")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda to time the Triton-dispatched path on a GPU")
