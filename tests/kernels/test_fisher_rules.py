@@ -96,7 +96,7 @@ def test_project_backbones(factory) -> None:  # noqa: ANN001
     x = torch.randn(3, 3, 16, 16, generator=gen, dtype=torch.float64)
     y = torch.randint(0, 10, (3,), generator=gen)
     layers = ["conv1", "bn1", "layer1.0", "layer4.1", "fc"] if factory is tiny_resnet else None  # keep it fast
-    data = [(x[:2], y[:2]), (x[2:], y[2:])]  # the second batch drives the backward through x only
+    data = [(x[:2], y[:2]), (x[2:], y[2:])]  # two batches: the probes run before the first one only
     ref = fisher_diagonal(model, data, backend="reference", layers=layers)
     fast = fisher_diagonal(model, data, backend="fast", chunk=2, layers=layers)
     assert fast.fallback == ()  # every parameter of these backbones has an exact fast rule
@@ -137,8 +137,8 @@ def test_unused_module_gets_zero() -> None:
 
 
 def test_layers_not_depending_on_x() -> None:
-    """A Linear on a parameter (unbatched: reference fallback) and on a batch-expanded parameter (not reached by a
-    backward driven through x: the probe keeps the per-layer drivers)."""
+    """A Linear on a parameter (unbatched: reference fallback) and on a batch-expanded parameter (independent of x: in
+    the frozen drive its output becomes a leaf driver, like the first layer's)."""
 
     class QueryNet(nn.Module):
         def __init__(self) -> None:
