@@ -155,3 +155,28 @@ def test_rank_shares_rebuild_the_one_process_batches(monkeypatch):
         assert rows[: len(batch)] == batch
         assert rows[len(batch) :] == batch[: len(rows) - len(batch)]  # padding: the batch's own first rows
     assert rounds == [[one[0], one[2]], [one[1]]]
+
+
+@pytest.mark.slow  # replays the training run twice (2 processes and 1)
+@pytest.mark.timeout(900)
+def test_retrain_under_two_gloo_processes_replays_the_run_with_lightning_ddp(trained, tmp_path):
+    """``retrain`` inside the unlearning ranks: the engine's Lightning Trainers find the process group (no new spawn)
+    and train with DDP; rank 0 writes the retrained run once. Adam: weights within the tolerance of test_ddp_gloo."""
+    run_dir, cls = trained
+    # trainer=ddp_cpu replaces the saved trainer node (as composed: the default preset sets 5 epochs): give back the
+    # recipe's 1 epoch of 2 batches per experience
+    recipe = ["trainer.limit_train_batches=2", "trainer.max_epochs=1"]
+    res = _two_processes(run_dir, tmp_path / "ddp", cls, ["unlearn_method=retrain", *recipe])
+    assert res.returncode == 0, res.stderr[-4000:]
+    _written_once(tmp_path / "ddp")
+    retrained = tmp_path / "ddp" / "retrain_run" / "checkpoints"
+    assert sorted(p.name for p in retrained.iterdir()) == ["initial.ckpt", "task_0.ckpt", "task_1.ckpt"]
+    ref = _one_process(run_dir, tmp_path / "one", cls, ["unlearn_method=retrain"])
+    ddp = json.loads((tmp_path / "ddp" / "unlearn_report.json").read_text())
+    for k in ACC_KEYS:  # at most one sample of each split apart (identical in the measured run)
+        assert abs(ddp[k] - ref[k]) <= 1.0 / ref["sizes"][k.removesuffix("_acc")] + 1e-12, (k, ddp[k], ref[k])
+    a = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "unlearned_task_1.ckpt")["state_dict"]
+    b = load_checkpoint(tmp_path / "one" / "checkpoints" / "unlearned_task_1.ckpt")["state_dict"]
+    worst = max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].is_floating_point())
+    print(f"retrain: weights differ by {worst:.3g}")
+    assert worst < 1e-4
