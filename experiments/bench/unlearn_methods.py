@@ -10,10 +10,13 @@ the torch thread count and the load average before and after.
 
 Speed arithmetic. ``retrain`` replays the recipe: epochs x |D_r| training samples (default stream, class 6:
 5 x 1211 = 6055); uncached SSD runs one forward + backward over D and D_f (1347 + 136 = 1483), cached SSD over D_f
-alone (136). Measured per-sample costs of a training step and of an importance batch are equal (2.4-2.9 ms, tiny ViT,
-one thread), so the ratios are bounded by about 6055 / 1483 = 4.1x uncached and 6055 / 136 = 45x cached: the 50x goal
-is out of reach on this stream by construction; the cached path is what a second request pays. ``--threads 1`` by
-default: with two torch threads on two loaded cores the same SSD importance took 6x longer (oversubscription).
+alone (136). So retrain / SSD = (6055 / 1483 = 4.1) x c_train / c_ssd uncached and (6055 / 136 = 45) x c_train / c_ssd
+cached, with c the cost per sample. Measured (one thread, load ~4): retrain 11.6 s = 1.9 ms per training sample;
+uncached SSD 2.24 s = 1.5 ms per sample -> 5.2x; cached SSD 0.31 s = 2.2 ms per sample (3 batches: fixed costs weigh
+more) -> 38x. The 50x goal is never reachable uncached (SSD must see D once, retrain sees D_r 5 times) and cached
+only if an importance sample costs under 0.9 of a training sample. The cached path is what a second request pays.
+``--threads 1`` by default: with two torch threads on two loaded cores the same importance pass took 6x longer
+(oversubscription).
 """
 
 from __future__ import annotations
