@@ -15,8 +15,8 @@ cached, with c the cost per sample. Measured (one thread, load ~4): retrain 11.6
 uncached SSD 2.24 s = 1.5 ms per sample -> 5.2x; cached SSD 0.31 s = 2.2 ms per sample (3 batches: fixed costs weigh
 more) -> 38x. The 50x goal is never reachable uncached (SSD must see D once, retrain sees D_r 5 times) and cached
 only if an importance sample costs under 0.9 of a training sample. The cached path is what a second request pays.
-``--threads 1`` by default: with two torch threads on two loaded cores the same importance pass took 6x longer
-(oversubscription).
+``--threads 1`` by default: with two torch threads on two loaded cores (load 7-9) the same importance pass took 9x
+longer (62 s vs 7 s for 542 samples: oversubscription).
 """
 
 from __future__ import annotations
