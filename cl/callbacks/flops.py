@@ -3,10 +3,34 @@
 
 FLOPs are counted with the formulas of ``torch.utils.flop_counter`` (:class:`cl.analysis.flops.LightFlopCounter`;
 matmuls, convolutions, attention: the ops that dominate; element-wise ops and norms count 0, as in the usual FLOP
-tables) over the whole Lightning ``fit`` of every experience: every training step with its replay forward passes and
+tables) over the Lightning ``fit`` of every experience: every training step with its replay forward passes and
 backward pass, plus anything a method does inside ``fit`` (k-FPF's triggers). Work done after ``fit`` by objects that
 expose ``extra_train_flops()`` (the FPF callback) is added. Not counted: evaluation, and post-``fit`` method hooks
 without ``extra_train_flops`` (EWC's Fisher).
+
+Two modes (``callbacks.flops.mode``), which give the same totals on every method of this repository (tests in
+``tests/analysis/test_flops.py`` compare them on finetune, ER, DER++ and k-FPF runs):
+
+* ``full``: one ``TorchDispatchMode`` over every op of the whole ``fit``. Exact by construction, but every op then
+  goes through Python (a small CNN trains ~1.2x slower).
+* ``cached`` (default): the same counter, but a training step (Lightning's ``run_training_batch``: the training
+  step, backward and optimizer step) whose *fingerprint* was already counted in this ``fit`` is not traced again: its
+  FLOPs are the counted ones. The fingerprint of a step is the sequence of module calls it makes (module, grad mode,
+  the shapes and ``requires_grad`` of its positional tensor arguments, its scalar arguments), recorded by a global
+  module pre-hook that is cheap next to the dispatch mode. A step is traced in full when the fingerprint expected for
+  it is unknown: the first step of each batch shape in each ``fit``, and every step after a traced-free step whose
+  fingerprint turned out new (ER's first replay step: the replay batch changes the forward's input shape), until
+  that fingerprint has been traced once; the untraced steps that had it then get its count. Everything in ``fit``
+  outside training steps (method and callback hooks such as k-FPF's triggers in ``on_train_batch_end``, epoch hooks)
+  is traced in full as in ``full`` mode, except fetching batches from the data loader (no matmul FLOPs in data
+  loading; tracing every collate op was the largest cost), and the optimizer's update (SGD/Adam/AdamW do no matmuls;
+  an optimizer that does, e.g. Shampoo, needs ``mode=full``). The rule assumes what holds for every method here: a
+  step's FLOPs are determined, within one experience, by its module calls and their input shapes (no data-dependent
+  shapes inside a module, e.g. MoE routing; no matmuls on data-dependent shapes outside modules). A step whose
+  fingerprint was never traced by the end of ``fit`` is reported in ``flops_untraced_steps`` (0 in every test).
+
+Steps are found through the trainer's profiler actions (``run_training_batch``, ``*.train_dataloader_next``); if a
+Lightning version renamed them, ``cached`` silently degrades to ``full`` (same totals, slower).
 
 Metrics (``metrics.json``): ``flops`` (total training FLOPs of the run so far), ``flops_fit`` (inside ``fit``),
 ``params_updated`` (the largest number of parameters the Lightning optimizer updated at one step), and
@@ -16,36 +40,101 @@ the totals are multiplied by the world size (ranks do equal work by construction
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
+
+MODES = ("cached", "full")
+STEP_ACTION = "run_training_batch"
+FETCH_SUFFIX = "train_dataloader_next"
 
 
 class FlopCounter(Callback):
     """Counts training FLOPs across the whole run (see the module docstring)."""
 
-    def __init__(self, enabled: bool = True) -> None:
-        self.enabled = enabled
+    def __init__(self, enabled: bool = True, mode: str = "cached") -> None:
+        if mode not in MODES:
+            raise ValueError(f"callbacks.flops.mode={mode!r}; allowed: {list(MODES)}")
+        self.enabled, self.mode = enabled, mode
         self.flops_fit = 0
         self.params_updated = 0
         self.param_updates = 0
-        self._mode: Any = None
+        self.untraced_steps = 0
+        self.traced_steps = 0  # steps traced with the dispatch mode in cached mode (not checkpointed; diagnostics)
+        self._base: Any = None  # the dispatch mode over fit outside cached steps and data fetching
+        self._step: Any = None  # the dispatch mode over one traced step
         self._extra_sources: list[Any] = []
+        self._profiler: Any = None
+        self._auto_opt = True
+        self._cache: _StepCache | None = None
+        self._world = 1
+        self._batch_key: Any = None
+
+    # ------------------------------------------------------------------------------------------- dispatch modes
+    def _enter(self) -> Any:
+        from cl.analysis.flops import LightFlopCounter
+
+        mode = LightFlopCounter()
+        mode.__enter__()
+        return mode
+
+    @staticmethod
+    def _exit(mode: Any) -> int:
+        mode.__exit__(None, None, None)
+        return int(mode.total)
+
+    def _add(self, flops: int) -> None:
+        self.flops_fit += flops * self._world
+
+    def _pause_base(self) -> None:
+        if self._base is not None:
+            base, self._base = self._base, None
+            self._add(self._exit(base))
+
+    def _resume_base(self) -> None:
+        if self._base is None:
+            self._base = self._enter()
 
     # ------------------------------------------------------------------------------------------- lightning hooks
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         if not self.enabled:
             return
-        from cl.analysis.flops import LightFlopCounter
+        self._world = _world_size()
+        self._auto_opt = bool(pl_module.automatic_optimization)
+        if self.mode == "cached":
+            self._cache = _StepCache()
+            self._batch_key = None
+            self._patch_profiler(trainer.profiler)
+        self._resume_base()
 
-        self._mode = LightFlopCounter()
-        self._mode.__enter__()
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if self._profiler is not None:
+            self._batch_key = _structure(batch)
+
+    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+        n = sum(p.numel() for g in optimizer.param_groups for p in g["params"] if p.grad is not None)
+        self.params_updated = max(self.params_updated, n)
+        self.param_updates += n * _world_size()
+        if self._step is not None and self._auto_opt:  # the optimizer's update follows: no matmul FLOPs
+            step, self._step = self._step, None
+            self._cache.step_flops += self._exit(step)
 
     def _stop(self) -> None:
-        if self._mode is not None:
-            mode, self._mode = self._mode, None
-            mode.__exit__(None, None, None)
-            self.flops_fit += int(mode.get_total_flops()) * _world_size()
+        self._unpatch_profiler()
+        cache = getattr(self, "_cache", None)
+        if cache is not None and cache.open:  # an exception inside a step: count what ran
+            self._close_step(resume=False)
+        self._pause_base()
+        if cache is not None:
+            untraced = sum(cache.pending.values())
+            if untraced:
+                rank_zero_warn(
+                    f"FlopCounter: {untraced} training steps whose fingerprint was never traced are not counted"
+                )
+            self.untraced_steps += untraced
+            self._cache = None
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         self._stop()
@@ -53,10 +142,50 @@ class FlopCounter(Callback):
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         self._stop()
 
-    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
-        n = sum(p.numel() for g in optimizer.param_groups for p in g["params"] if p.grad is not None)
-        self.params_updated = max(self.params_updated, n)
-        self.param_updates += n * _world_size()
+    # ------------------------------------------------------------------------------------------- step windows
+    def _patch_profiler(self, profiler: Any) -> None:
+        start, stop = profiler.start, profiler.stop
+        self._saved = {k: profiler.__dict__[k] for k in ("start", "stop") if k in profiler.__dict__}
+
+        def _start(action_name: str) -> None:
+            start(action_name)
+            if action_name == STEP_ACTION:
+                self._open_step()
+            elif action_name.endswith(FETCH_SUFFIX) and not self._cache.open:
+                self._pause_base()
+
+        def _stop(action_name: str) -> None:
+            if action_name == STEP_ACTION:
+                self._close_step()
+            elif action_name.endswith(FETCH_SUFFIX) and not self._cache.open:
+                self._resume_base()
+            stop(action_name)
+
+        profiler.start, profiler.stop = _start, _stop
+        self._profiler = profiler
+
+    def _unpatch_profiler(self) -> None:
+        if self._profiler is not None:
+            for k in ("start", "stop"):
+                if k in self._saved:
+                    setattr(self._profiler, k, self._saved[k])
+                else:
+                    delattr(self._profiler, k)
+            self._profiler = None
+
+    def _open_step(self) -> None:
+        self._pause_base()
+        if self._cache.open_window(self._batch_key):
+            self._step = self._enter()
+            self.traced_steps += 1
+
+    def _close_step(self, resume: bool = True) -> None:
+        if self._step is not None:
+            step, self._step = self._step, None
+            self._cache.step_flops += self._exit(step)
+        self._add(self._cache.close_window())
+        if resume:
+            self._resume_base()
 
     # ------------------------------------------------------------------------------------------- engine hooks
     def on_experience_end(self, runner: Any, experience: Any) -> None:
@@ -70,17 +199,89 @@ class FlopCounter(Callback):
         return {
             "flops": self.flops_fit + extra,
             "flops_fit": self.flops_fit,
+            "flops_untraced_steps": self.untraced_steps,
             "params_updated": self.params_updated,
             "param_updates": self.param_updates,
         }
 
     def state_dict(self) -> dict[str, Any]:
-        return {"flops_fit": self.flops_fit, "params_updated": self.params_updated, "param_updates": self.param_updates}
+        return {
+            "flops_fit": self.flops_fit,
+            "params_updated": self.params_updated,
+            "param_updates": self.param_updates,
+            "untraced_steps": self.untraced_steps,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.flops_fit = int(state_dict["flops_fit"])
         self.params_updated = int(state_dict["params_updated"])
         self.param_updates = int(state_dict["param_updates"])
+        self.untraced_steps = int(state_dict.get("untraced_steps", 0))
+
+
+class _StepCache:
+    """Fingerprints of the training steps of one ``fit`` and the FLOPs counted for each (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.known: dict[tuple, int] = {}  # fingerprint -> FLOPs of one step
+        self.expected: dict[Any, tuple] = {}  # batch structure -> fingerprint of the last step with it
+        self.pending: Counter[tuple] = Counter()  # untraced steps whose fingerprint is not known yet
+        self.open = False
+        self.traced = False
+        self.step_flops = 0
+        self._trace: list[tuple] = []
+        self._hook: Any = None
+
+    def open_window(self, batch_key: Any) -> bool:
+        """Start recording a step; True if it must be traced with the dispatch mode."""
+        import torch
+
+        self._key = batch_key
+        expected = self.expected.get(batch_key)
+        self.traced = expected is None or expected not in self.known or bool(self.pending)
+        self.step_flops = 0
+        self._trace = []
+        self._hook = torch.nn.modules.module.register_module_forward_pre_hook(self._record)
+        self.open = True
+        return self.traced
+
+    def close_window(self) -> int:
+        """Finish the step; the FLOPs to add now (its own, plus those of earlier untraced steps it resolves)."""
+        if not self.open:
+            return 0
+        self.open = False
+        self._hook.remove()
+        fp = tuple(self._trace)
+        self._trace = []
+        self.expected[self._key] = fp
+        if self.traced:
+            self.known[fp] = self.step_flops
+            return self.step_flops * (1 + self.pending.pop(fp, 0))
+        if fp in self.known:
+            return self.known[fp]
+        self.pending[fp] += 1
+        return 0
+
+    def _record(self, module: Any, args: tuple) -> None:
+        import torch
+
+        self._trace.append((id(module), torch.is_grad_enabled(), _structure(args, grad=True)))
+
+
+_SCALARS = (int, float, bool, str, type(None))
+
+
+def _structure(obj: Any, grad: bool = False) -> Any:
+    """A hashable description of ``obj``: tensor shapes (and ``requires_grad``), nested sequences, scalars."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return (tuple(obj.shape), obj.requires_grad) if grad else tuple(obj.shape)
+    if isinstance(obj, (list, tuple)):
+        return tuple(_structure(o, grad) for o in obj)
+    if isinstance(obj, dict):
+        return tuple((k, _structure(v, grad)) for k, v in obj.items())
+    return obj if isinstance(obj, _SCALARS) else type(obj).__name__
 
 
 def _world_size() -> int:

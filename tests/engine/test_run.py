@@ -31,7 +31,8 @@ def test_run_directory_holds_the_record(finished_run):
     for name in ("config.yaml", "run_info.json", "metrics.json", "acc_matrix.csv", "acc_matrix.png"):
         assert (run_dir / name).is_file(), name
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
-        "initial.ckpt", *(f"task_{t}.ckpt" for t in range(5))
+        "initial.ckpt",
+        *(f"task_{t}.ckpt" for t in range(5)),
     ]
     assert (run_dir / "logs" / "exp_0" / "metrics.csv").is_file()
     info = json.loads((run_dir / "run_info.json").read_text())
@@ -46,6 +47,20 @@ def test_run_directory_holds_the_record(finished_run):
     assert np.all(R[np.triu_indices(5, k=1)] == 0.0)
     assert saved["avg_acc"] == pytest.approx(R[-1].mean())
     assert "acc_matrix_task_aware" in saved and saved["seconds"] > 0
+
+
+def test_step_loss_is_logged_every_step(finished_run):
+    """``train/loss`` of each training step (4 per experience here) is a CSV row with Lightning's step numbering."""
+    import csv
+
+    run_dir, _ = finished_run
+    for t in (0, 4):
+        with open(run_dir / "logs" / f"exp_{t}" / "metrics.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert [int(r["step"]) for r in rows] == [0, 1, 2, 3]
+        losses = [float(r["train/loss"]) for r in rows]
+        assert all(np.isfinite(losses)) and min(losses) > 0 and len(set(losses)) == 4
+        assert {r["epoch"] for r in rows} == {"0"}
 
 
 def test_checkpoint_contents_and_weights_only_loading(finished_run):
