@@ -77,6 +77,7 @@ class StreamRunner:
         self.R0 = np.zeros(T)
         self.R0_taw = np.zeros(T)
         self.train_seconds = 0.0
+        self.train_cpu_seconds = 0.0  # CPU time of this process over the same spans (not checkpointed; benchmarks)
         self.extra_metrics: dict[str, Any] = {}
         self.start = 0
         self.device = compute_device(cfg.trainer)
@@ -192,7 +193,7 @@ class StreamRunner:
             self.cfg.trainer, self.cfg.get("logger"), self.run_dir, t, len(self.stream), list(self.callbacks.values())
         )
         loader = self.train_loader(self.method.train_dataset(exp, self.stream), t, world_size_of(trainer))
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         try:
             trainer.fit(self.method, train_dataloaders=loader)
         except SIGTERMException as err:
@@ -205,6 +206,7 @@ class StreamRunner:
             if hasattr(cb, "on_experience_end"):
                 cb.on_experience_end(self, exp)
         self.train_seconds += time.perf_counter() - start
+        self.train_cpu_seconds += time.process_time() - cpu_start
         self.R[t], self.R_taw[t] = self.evaluate()
         metrics = self.metrics(t)
         if is_global_zero():
