@@ -61,9 +61,11 @@ CACHE_BLOCK = 1 << 18  # larger ones: blocks of this many elements, squared and 
 def seq_sqsum_torch(g: Tensor, x: Tensor, chunk: int | None, out: Tensor | None = None) -> Tensor:
     """``sum_b (g_b^T x_b)^2`` for g (B, T, O), x (B, T, K) -> (O, K), never materialising all per-sample gradients.
 
-    Small ``O x K``: one bmm per chunk of samples, squared and summed. Large ``O x K`` on CPU (memory-bound: the
-    per-sample gradient is written once per sample): per sample and per block of output rows into one reused buffer
-    (no allocation per block), squared and accumulated (addcmul) while still in cache. Adds into ``out`` when given.
+    Small ``O x K``, or several intra-op threads: one bmm per chunk of samples into a reused buffer, squared and summed
+    (few large ops: with many small ones, each an OpenMP region, threads wait on each other whenever a core is busy
+    elsewhere -- measured 6x slower on the shared 2-core machine). Large ``O x K`` on one thread on CPU (memory-bound:
+    the per-sample gradient is written once per sample): per sample and per block of output rows into one reused
+    buffer, squared and accumulated (addcmul) while still in cache. Adds into ``out`` when given.
     """
     b, _, o = g.shape
     k = x.shape[2]
@@ -71,10 +73,12 @@ def seq_sqsum_torch(g: Tensor, x: Tensor, chunk: int | None, out: Tensor | None 
         return out.add_(seq_sqsum_torch(g, x, chunk).to(out.dtype))
     if out is None:
         out = torch.zeros(o, k, dtype=g.dtype, device=g.device)
-    if o * k <= SMALL_GRAD or g.device.type != "cpu":
+    if o * k <= SMALL_GRAD or g.device.type != "cpu" or torch.get_num_threads() > 1:
         c = chunk_size(b, o * k, chunk)
+        buf = torch.empty(min(c, b), o, k, dtype=g.dtype, device=g.device)
         for s in range(0, b, c):
-            p = torch.bmm(g[s : s + c].transpose(1, 2), x[s : s + c])
+            p = buf[: min(c, b - s)]
+            torch.bmm(g[s : s + c].transpose(1, 2), x[s : s + c], out=p)
             out.add_(p.square_().sum(0))
         return out
     ob = max(8, CACHE_BLOCK // k)
