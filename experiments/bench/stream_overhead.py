@@ -7,7 +7,10 @@ finetune). Both run in this process, interleaved over ``--repeats`` rounds (the 
 load that drifts on a shared machine biases neither side), and the median ratio is reported, for wall-clock time (the
 goal) and for the process's CPU time (less sensitive to other processes on the machine).
 
-    python experiments/bench/stream_overhead.py [--repeats 5] [--progress-bar] [--no-flops] [--threads 1]
+    python experiments/bench/stream_overhead.py [--repeats 5] [--progress-bar] [--no-flops] [--threads 1] [--bare]
+
+``--bare`` also times a bare Lightning ``Trainer`` per experience (no callbacks, no logger) fitting the same method:
+the floor of an engine that calls ``Trainer.fit`` once per experience.
 
 What the engine does on top of the hand-written loop, by default: Lightning's fit (one Trainer per experience: setup,
 hooks around every step, teardown), the FLOP counter (``callbacks.flops``, mode ``cached``: each kind of step traced
@@ -82,18 +85,50 @@ def hand_loop_seconds() -> tuple[float, float]:
         return total, cpu
 
 
+def bare_lightning_seconds() -> tuple[float, float]:
+    """(wall, CPU) seconds of a bare Lightning Trainer per experience (no callbacks, logger, progress bar) fitting the
+    same method: the floor of any engine built on one ``Trainer.fit`` per experience."""
+    import lightning as L
+
+    from cl.engine.loop import StreamRunner
+    from cl.experiment import build
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = compose_config(OVERRIDES, Path(tmp), shrink=False)
+        stream, method = build(cfg)
+        loaders = StreamRunner(cfg, method, stream, Path(tmp))
+        method.setup_stream(stream)
+        total = cpu = 0.0
+        for t, exp in enumerate(stream.experiences):
+            torch.manual_seed(t)
+            method.on_experience_start(exp)
+            loader = loaders.train_loader(exp.train, t)
+            trainer = L.Trainer(
+                accelerator="cpu", devices=1, max_epochs=2, logger=False, enable_checkpointing=False,
+                enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp,
+            )  # fmt: skip
+            start, cpu_start = time.perf_counter(), time.process_time()
+            trainer.fit(method, train_dataloaders=loader)
+            total += time.perf_counter() - start
+            cpu += time.process_time() - cpu_start
+        return total, cpu
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--progress-bar", action="store_true", help="keep the engine's progress bar on")
     parser.add_argument("--no-flops", action="store_true", help="turn the engine's FLOP counter off")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: least noise on a shared machine)")
+    parser.add_argument("--bare", action="store_true", help="also time a bare Lightning Trainer per experience")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     flops = not args.no_flops
     engine_seconds(args.progress_bar, flops), hand_loop_seconds()  # warm-up (imports, allocator, first-call costs)
-    eng, hand = [], []
+    eng, hand, bare = [], [], []
     for r in range(args.repeats):
+        if args.bare:
+            bare.append(bare_lightning_seconds())
         if r % 2:
             hand.append(hand_loop_seconds())
             eng.append(engine_seconds(args.progress_bar, flops))
@@ -107,6 +142,10 @@ def main() -> None:
         print(f"[{clock}] hand-written loop: {h:.3f} s  (runs: {', '.join(f'{v[i]:.3f}' for v in hand)})")
         print(f"[{clock}] cl engine:         {e:.3f} s  (runs: {', '.join(f'{v[i]:.3f}' for v in eng)})")
         print(f"[{clock}] ratio engine/hand: {e / h:.3f}x  (per round: {', '.join(f'{v:.3f}' for v in ratios)})")
+        if bare:
+            b = statistics.median(x[i] for x in bare)
+            print(f"[{clock}] bare Lightning:    {b:.3f} s  (runs: {', '.join(f'{v[i]:.3f}' for v in bare)})")
+            print(f"[{clock}] ratio bare/hand:   {b / h:.3f}x   ratio engine/bare: {e / b:.3f}x")
 
 
 if __name__ == "__main__":
