@@ -3,8 +3,10 @@
 brings the forget-test accuracy within 10 points of the ``retrain`` model's while the retain-test accuracy stays within
 5 points of the original (Foster et al., AAAI 2024, full-class setting).
 
-The checkpoint is small but real: the default recipe with 2 epochs per experience instead of 5 and no finetune
-reference run. The forgotten class is the one the checkpoint knows best (highest original forget-test accuracy among
+The checkpoint is the default stream's: ``python -m cl.run``'s recipe (5 epochs per experience, seed 0) without
+the measurement-only extras (the finetune reference run, FLOP counting, the logger). With 2 epochs per experience
+(this file's earlier fixture) the first check passed; on the real default checkpoint it does not (xfail reasons).
+The forgotten class is the one the checkpoint knows best (highest original forget-test accuracy among
 the classes of the last experience), so that the check is about forgetting something learned; SSD's alpha was
 calibrated on other classes (see conf/unlearn_method/ssd.yaml).
 """
@@ -54,7 +56,7 @@ def reports(tmp_path_factory) -> tuple[dict, dict]:
     torch.manual_seed(0)
     run_dir = tmp / "coda"
     cfg = compose_config(
-        ["experiment=coda_digits", "trainer.max_epochs=2", "callbacks.finetune_reference=null", "logger=none"],
+        ["experiment=coda_digits", "callbacks.finetune_reference=null", "callbacks.flops=null", "logger=none"],
         run_dir,
         shrink=False,
     )
@@ -62,6 +64,13 @@ def reports(tmp_path_factory) -> tuple[dict, dict]:
     c = _best_last_class(run_dir)
     ref = _unlearn(run_dir, tmp / "retrain", "unlearn_method=retrain", f"forget.classes=[{c}]")
     ssd = _unlearn(run_dir, tmp / "ssd", "unlearn_method=ssd", f"forget.classes=[{c}]", f"reference={tmp / 'retrain'}")
+    print(
+        {
+            m: {k: r[k] for k in ("forget_classes", "forget_test_acc", "retain_test_acc", "seconds")}
+            for m, r in (("ssd", ssd), ("retrain", ref))
+        },
+        {"original": {k: ssd[f"original_{k}"] for k in ("forget_test_acc", "retain_test_acc")}},
+    )
     return ssd, ref
 
 
