@@ -35,6 +35,9 @@ from torch import Tensor, nn
 from kernels.fisher_reference import sample_labels
 from kernels.fisher_rules import SqOps, SqSum, chunk_size, rule_for
 
+RULE_THREADS = 1  # intra-op threads for the per-layer rules on CPU: their many small ops (per-sample products,
+# OpenMP regions of well under a millisecond) ran 1.5-7x slower with 2 threads on the shared 2-core machine
+
 
 @dataclass
 class _Owner:
@@ -156,10 +159,18 @@ def _attempt_inner(plan, model, forward_fn, x, y, generator, chunk, seq, vec, ac
         owner.done = True
         if calls and not plan.probe:  # a probe only records which layers the backward reached
             local_acc = {lc: acc[full] for lc, full in owner.local.items()}
-            with torch.no_grad():
-                ok = owner.rule(
-                    owner.module, [c[0] for c in calls], [c[4] for c in calls], local_acc, SqOps(seq, vec, chunk)
-                )
+            threads = torch.get_num_threads()
+            single = threads > 1 and x.device.type == "cpu"  # many small ops: one intra-op thread (RULE_THREADS)
+            try:
+                if single:
+                    torch.set_num_threads(RULE_THREADS)
+                with torch.no_grad():
+                    ok = owner.rule(
+                        owner.module, [c[0] for c in calls], [c[4] for c in calls], local_acc, SqOps(seq, vec, chunk)
+                    )
+            finally:
+                if single:
+                    torch.set_num_threads(threads)
             if not ok:
                 failed.extend(owner.local.values())
         for c in owner.calls:  # release the captures now, not at the end of the backward

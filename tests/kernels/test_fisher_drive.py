@@ -159,3 +159,32 @@ def test_conv_paths_agree_across_the_grouped_threshold(monkeypatch: pytest.Monke
     unfolded = fisher_diagonal(model, data)
     for n in ("c1.weight", "c2.weight", "c3.weight"):
         assert rel_err(grouped.diag[n], unfolded.diag[n]) < 1e-10, n
+
+
+def test_rules_single_threaded_and_thread_count_restored() -> None:
+    """With several intra-op threads the rules run on RULE_THREADS and the caller's thread count comes back."""
+    from kernels import fisher_fast
+
+    torch.manual_seed(0)
+    model = ConvNet().double()
+    gen = torch.Generator().manual_seed(6)
+    data = [(torch.randn(4, 3, 8, 8, generator=gen, dtype=torch.float64), torch.randint(0, 4, (4,), generator=gen))]
+    seen: list[int] = []
+    original = rules.linear_rule
+
+    def spy(*args: object) -> bool:
+        seen.append(torch.get_num_threads())
+        return original(*args)
+
+    torch.set_num_threads(2)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(rules, "linear_rule", spy)
+            fast = fisher_diagonal(model, data)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+    assert seen and set(seen) == {fisher_fast.RULE_THREADS}
+    ref = fisher_diagonal(model, data, backend="reference")
+    for n in ref.diag:
+        assert rel_err(fast.diag[n], ref.diag[n]) < 1e-5, n
