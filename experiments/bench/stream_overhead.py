@@ -3,11 +3,15 @@
 Same model (small CNN), same data (the digits class-incremental stream, 5 experiences of 2 classes), same optimizer
 (Adam 1e-3), same masked cross-entropy, 2 epochs per experience, batch 32, same DataLoaders; evaluation is excluded
 from both (the engine's ``train_seconds`` counts fit + the method's end-of-experience hook, which is empty for
-finetune). Both run in this process, interleaved over ``--repeats`` rounds (the order alternates between rounds, so a
-load that drifts on a shared machine biases neither side), and the median ratio is reported, for wall-clock time (the
-goal) and for the process's CPU time (less sensitive to other processes on the machine).
+finetune). Both run in this process from one deep-copied initial method and one stream (built once), interleaved over
+``--repeats`` rounds (the order rotates between rounds, so a load that drifts on a shared machine biases no side). Each
+round gives one engine/hand ratio; the median and interquartile range of those ratios are reported, for wall-clock
+time (the goal) and for the process's CPU time (less sensitive to other processes on the machine). Single runs vary
+by ~10% here even on a quiet machine (CPU time as much as wall time), so the default 30 rounds (~2 minutes) are
+needed to resolve ~5%.
 
-    python experiments/bench/stream_overhead.py [--repeats 5] [--progress-bar] [--no-flops] [--threads 1] [--bare]
+    python experiments/bench/stream_overhead.py [--repeats 30] [--progress-bar] [--no-flops] [--threads 1] [--bare]
+        [engine config overrides, e.g. trainer=lightning]
 
 ``--bare`` also times a bare Lightning ``Trainer`` per experience (no callbacks, no logger) fitting the same method:
 the floor of an engine that calls ``Trainer.fit`` once per experience.
@@ -22,12 +26,14 @@ nothing either) and the progress bar (off unless ``--progress-bar``; redrawn at 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HOME", tempfile.mkdtemp())
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -40,30 +46,38 @@ from tests.helpers import compose_config  # noqa: E402
 OVERRIDES = ["backbone=cnn_small", "method=finetune", "trainer.max_epochs=2", "data.batch_size=32", "logger=none"]
 
 
-def engine_seconds(progress_bar: bool, flops: bool = True) -> tuple[float, float]:
+class Setup:
+    """The composed config, the stream and the untrained method, built once: every round trains a deep copy of the
+    same initial method on the same stream (building them per round cost more time than the training itself)."""
+
+    def __init__(self, extra: list[str], tmp: Path) -> None:
+        from cl.experiment import build
+
+        self.cfg = compose_config(OVERRIDES + extra, tmp, shrink=False)
+        self.stream, self._method = build(self.cfg)
+
+    def method(self) -> Any:
+        return copy.deepcopy(self._method)
+
+
+def engine_seconds(setup: Setup) -> tuple[float, float]:
     """(wall, CPU) seconds of the engine's training over the stream."""
     from cl.engine.loop import StreamRunner
-    from cl.experiment import build
 
     with tempfile.TemporaryDirectory() as tmp:
-        extra = [f"trainer.enable_progress_bar={progress_bar}"] + ([] if flops else ["callbacks.flops=null"])
-        cfg = compose_config(OVERRIDES + extra, Path(tmp), shrink=False)
-        stream, method = build(cfg)
-        runner = StreamRunner(cfg, method, stream, Path(tmp))
-        runner.evaluate = lambda: ([0.0] * len(stream), [0.0] * len(stream))  # evaluation excluded
+        runner = StreamRunner(setup.cfg, setup.method(), setup.stream, Path(tmp))
+        runner.evaluate = lambda: ([0.0] * len(setup.stream), [0.0] * len(setup.stream))  # evaluation excluded
         runner.run()
         return runner.train_seconds, runner.train_cpu_seconds
 
 
-def hand_loop_seconds() -> tuple[float, float]:
+def hand_loop_seconds(setup: Setup) -> tuple[float, float]:
     """(wall, CPU) seconds of the hand-written loop's training over the stream."""
     from cl.engine.loop import StreamRunner
-    from cl.experiment import build
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = compose_config(OVERRIDES, Path(tmp), shrink=False)
-        stream, method = build(cfg)
-        loaders = StreamRunner(cfg, method, stream, Path(tmp))
+        method, stream = setup.method(), setup.stream
+        loaders = StreamRunner(setup.cfg, method, stream, Path(tmp))
         seen = torch.zeros(stream.num_classes, dtype=torch.bool)
         total = cpu = 0.0
         for t, exp in enumerate(stream.experiences):
@@ -85,18 +99,16 @@ def hand_loop_seconds() -> tuple[float, float]:
         return total, cpu
 
 
-def bare_lightning_seconds() -> tuple[float, float]:
+def bare_lightning_seconds(setup: Setup) -> tuple[float, float]:
     """(wall, CPU) seconds of a bare Lightning Trainer per experience (no callbacks, logger, progress bar) fitting the
     same method: the floor of any engine built on one ``Trainer.fit`` per experience."""
     import lightning as L
 
     from cl.engine.loop import StreamRunner
-    from cl.experiment import build
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = compose_config(OVERRIDES, Path(tmp), shrink=False)
-        stream, method = build(cfg)
-        loaders = StreamRunner(cfg, method, stream, Path(tmp))
+        method, stream = setup.method(), setup.stream
+        loaders = StreamRunner(setup.cfg, method, stream, Path(tmp))
         method.setup_stream(stream)
         total = cpu = 0.0
         for t, exp in enumerate(stream.experiences):
@@ -114,38 +126,59 @@ def bare_lightning_seconds() -> tuple[float, float]:
         return total, cpu
 
 
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    """(first quartile, median, third quartile)."""
+    if len(values) < 2:
+        return values[0], values[0], values[0]
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q2, q3
+
+
+def report(name: str, runs: list[tuple[float, float]], ref: list[tuple[float, float]], ref_name: str = "hand") -> None:
+    """Median seconds of each side and the per-round ratios' median and interquartile range, wall and CPU."""
+    for i, clock in enumerate(("wall", "cpu")):
+        q1, med, q3 = quartiles([a[i] / b[i] for a, b in zip(runs, ref)])
+        e, h = statistics.median(x[i] for x in runs), statistics.median(x[i] for x in ref)
+        print(
+            f"[{clock:4}] {name + '/' + ref_name:>12}  ratio median {med:.3f}x  IQR {q1:.3f}-{q3:.3f}x   "
+            f"(median {e:.3f} s vs {h:.3f} s; ratio of medians {e / h:.3f}x)"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--progress-bar", action="store_true", help="keep the engine's progress bar on")
     parser.add_argument("--no-flops", action="store_true", help="turn the engine's FLOP counter off")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: least noise on a shared machine)")
     parser.add_argument("--bare", action="store_true", help="also time a bare Lightning Trainer per experience")
+    parser.add_argument("overrides", nargs="*", help="extra config overrides of the engine side (e.g. trainer=...)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    flops = not args.no_flops
-    engine_seconds(args.progress_bar, flops), hand_loop_seconds()  # warm-up (imports, allocator, first-call costs)
-    eng, hand, bare = [], [], []
+    extra = [f"trainer.enable_progress_bar={args.progress_bar}"] + (["callbacks.flops=null"] if args.no_flops else [])
+    with tempfile.TemporaryDirectory() as tmp:
+        engine_setup, hand_setup = Setup(extra + args.overrides, Path(tmp)), Setup([], Path(tmp))
+    sides = {"engine": lambda: engine_seconds(engine_setup), "hand": lambda: hand_loop_seconds(hand_setup)}
+    if args.bare:
+        sides["bare"] = lambda: bare_lightning_seconds(hand_setup)
+    for fn in sides.values():  # warm-up (imports, allocator, first-call costs)
+        fn()
+    results: dict[str, list[tuple[float, float]]] = {k: [] for k in sides}
+    names = list(sides)
     for r in range(args.repeats):
-        if args.bare:
-            bare.append(bare_lightning_seconds())
-        if r % 2:
-            hand.append(hand_loop_seconds())
-            eng.append(engine_seconds(args.progress_bar, flops))
-        else:
-            eng.append(engine_seconds(args.progress_bar, flops))
-            hand.append(hand_loop_seconds())
-    print(f"threads={torch.get_num_threads()} repeats={args.repeats} progress_bar={args.progress_bar} flops={flops}")
-    for i, clock in enumerate(("wall", "cpu")):
-        e, h = statistics.median(x[i] for x in eng), statistics.median(x[i] for x in hand)
-        ratios = [a[i] / b[i] for a, b in zip(eng, hand)]
-        print(f"[{clock}] hand-written loop: {h:.3f} s  (runs: {', '.join(f'{v[i]:.3f}' for v in hand)})")
-        print(f"[{clock}] cl engine:         {e:.3f} s  (runs: {', '.join(f'{v[i]:.3f}' for v in eng)})")
-        print(f"[{clock}] ratio engine/hand: {e / h:.3f}x  (per round: {', '.join(f'{v:.3f}' for v in ratios)})")
-        if bare:
-            b = statistics.median(x[i] for x in bare)
-            print(f"[{clock}] bare Lightning:    {b:.3f} s  (runs: {', '.join(f'{v[i]:.3f}' for v in bare)})")
-            print(f"[{clock}] ratio bare/hand:   {b / h:.3f}x   ratio engine/bare: {e / b:.3f}x")
+        for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate which side runs first
+            results[name].append(sides[name]())
+    flops = not args.no_flops
+    print(
+        f"threads={torch.get_num_threads()} repeats={args.repeats} progress_bar={args.progress_bar} flops={flops} "
+        f"overrides={args.overrides}"
+    )
+    for name in names:
+        print(f"{name:>6} wall s: {', '.join(f'{v[0]:.3f}' for v in results[name])}")
+    report("engine", results["engine"], results["hand"])
+    if args.bare:
+        report("bare", results["bare"], results["hand"])
+        report("engine", results["engine"], results["bare"], "bare")
 
 
 if __name__ == "__main__":
