@@ -99,6 +99,7 @@ def fisher_diagonal(
     backend: str = "auto",
     generator: torch.Generator | None = None,
     distributed: bool | None = None,
+    rule_workers: int | None = None,
 ) -> FisherResult:
     """Fisher diagonal of ``model`` over ``data`` (batches ``(x, y, *rest)``); see the module docstring."""
     _check("mode", mode, MODES)
@@ -107,6 +108,10 @@ def fisher_diagonal(
     _check("loss", loss, LOSSES)
     _positive("chunk", chunk)
     _positive("max_batches", max_batches)
+    if rule_workers is not None and (
+        not isinstance(rule_workers, int) or isinstance(rule_workers, bool) or rule_workers < 0
+    ):
+        raise ValueError(f"fisher_diagonal: rule_workers={rule_workers!r} must be an int >= 0 or None")
     from kernels import fisher_dist, fisher_fast, fisher_reference
 
     names = select_parameters(model, layers)
@@ -115,7 +120,9 @@ def fisher_diagonal(
     sums = {n: torch.zeros_like(params[n], dtype=torch.promote_types(params[n].dtype, torch.float32)) for n in names}
     n_samples = n_batches = 0
     seq, vec = _sqsum_kernels(backend, device)
-    plan = fisher_fast.make_plan(model, names) if mode == "per_sample" and backend != "reference" else None
+    plan = (
+        fisher_fast.make_plan(model, names, rule_workers) if mode == "per_sample" and backend != "reference" else None
+    )
     flags = [(m, m.training) for m in model.modules()]
     model.eval()
     try:

@@ -27,11 +27,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kernels.fisher_pool import RulePool
 from kernels.fisher_reference import sample_labels
 from kernels.fisher_rules import SqOps, SqSum, chunk_size, rule_for
 
@@ -60,9 +62,18 @@ class FastPlan:
     probe: bool = False  # a probe pass: computes no rule, only records which layers fired
     fired: set[str] = field(default_factory=set)  # modules whose output gradient arrived in the last pass
     check_values: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)  # (batch sum, first-two sum)
+    rule_workers: int | None = None  # worker threads for the rules on CPU (kernels.fisher_pool); None: auto
 
 
-def make_plan(model: nn.Module, names: list[str]) -> FastPlan:
+def resolve_workers(requested: int | None, threads: int, device: torch.device) -> int:
+    """Rule worker threads for a pass: 0 (rules inline in the backward) on one thread or off CPU; else ``requested``,
+    or ``threads - 1`` when None (the backward keeps the remaining intra-op threads)."""
+    if device.type != "cpu" or threads < 2:
+        return 0
+    return max(1, threads - 1) if requested is None else requested
+
+
+def make_plan(model: nn.Module, names: list[str], rule_workers: int | None = None) -> FastPlan:
     """Sort the selected parameters into rule / module-vjp / broadcast / fallback."""
     holders: dict[int, list[tuple[str, nn.Module, str]]] = {}
     for mname, mod in model.named_modules(remove_duplicate=False):
@@ -70,7 +81,7 @@ def make_plan(model: nn.Module, names: list[str]) -> FastPlan:
             if p is not None:
                 holders.setdefault(id(p), []).append((mname, mod, local))
     params = dict(model.named_parameters())
-    plan = FastPlan(owners={}, broadcast=[], fallback=[])
+    plan = FastPlan(owners={}, broadcast=[], fallback=[], rule_workers=rule_workers)
     for full in names:
         owners = {(mn, lc) for mn, _, lc in holders[id(params[full])]}
         if len(owners) != 1:
@@ -110,6 +121,16 @@ def _module_vjp_sqsum(owner: _Owner, chunk: int | None, acc: dict[str, Tensor]) 
             tot = part if not tot else {k: tot[k] + part[k] for k in tot}
         for lc, full in owner.local.items():
             acc[full].add_(tot[lc].square().sum(0).to(acc[full].dtype))
+
+
+def _apply_rule(
+    owner: _Owner, xs: list[Tensor], gs: list[Tensor], acc: dict[str, Tensor], failed: list[str], ops: SqOps
+) -> None:
+    """One layer's rule; runs inline in the backward or on a worker thread (grad mode is per thread)."""
+    with torch.no_grad():
+        ok = owner.rule(owner.module, xs, gs, acc, ops)
+    if not ok:
+        failed.extend(owner.local.values())
 
 
 def fast_batch(
@@ -153,26 +174,26 @@ def _attempt_inner(plan, model, forward_fn, x, y, generator, chunk, seq, vec, ac
     subs: list[tuple[nn.Module, str, Tensor, Tensor]] = []
     leaves: list[Tensor] = []  # frozen drive: fresh leaf outputs of the layers whose input needs no gradient
     frozen = [p for p in model.parameters() if p.requires_grad] if plan.freeze else []
+    pool: RulePool | None = None  # set for the backward when the rules run on worker threads
 
     def run_rule(owner: _Owner) -> None:
         calls = [c for c in owner.calls if c[4] is not None]
         owner.done = True
         if calls and not plan.probe:  # a probe only records which layers the backward reached
             local_acc = {lc: acc[full] for lc, full in owner.local.items()}
-            threads = torch.get_num_threads()
-            single = threads > 1 and x.device.type == "cpu"  # many small ops: one intra-op thread (RULE_THREADS)
-            try:
-                if single:
-                    torch.set_num_threads(RULE_THREADS)
-                with torch.no_grad():
-                    ok = owner.rule(
-                        owner.module, [c[0] for c in calls], [c[4] for c in calls], local_acc, SqOps(seq, vec, chunk)
-                    )
-            finally:
-                if single:
-                    torch.set_num_threads(threads)
-            if not ok:
-                failed.extend(owner.local.values())
+            task = partial(_apply_rule, owner, [c[0] for c in calls], [c[4] for c in calls], local_acc, failed)
+            if pool is not None:
+                pool.submit(partial(task, SqOps(seq, vec, chunk)))
+            else:
+                threads = torch.get_num_threads()
+                single = threads > 1 and x.device.type == "cpu"  # many small ops: one intra-op thread (RULE_THREADS)
+                try:
+                    if single:
+                        torch.set_num_threads(RULE_THREADS)
+                    task(SqOps(seq, vec, chunk))
+                finally:
+                    if single:
+                        torch.set_num_threads(threads)
         for c in owner.calls:  # release the captures now, not at the end of the backward
             c[0] = c[1] = c[4] = None
         owner.calls.clear()
@@ -254,7 +275,24 @@ def _attempt_inner(plan, model, forward_fn, x, y, generator, chunk, seq, vec, ac
             return y
         for rec in records:
             rec[1] = None  # outputs were only needed for the version checks (drivers hold their own references)
-        grads = torch.autograd.grad(loss, drivers, allow_unused=True) if drivers else []
+        threads = torch.get_num_threads()
+        workers = 0 if plan.probe or not drivers else resolve_workers(plan.rule_workers, threads, x.device)
+        if workers:
+            pool = RulePool(workers)
+        try:
+            if workers:
+                torch.set_num_threads(max(1, threads - workers))
+            grads = torch.autograd.grad(loss, drivers, allow_unused=True) if drivers else []
+            if pool is not None:
+                torch.set_num_threads(1)  # the calling thread joins the workers on one intra-op thread
+                pool.drain()
+                pool = None
+        finally:
+            if pool is not None:
+                pool.close(cancel=True)
+                pool = None
+            if workers:
+                torch.set_num_threads(threads)
     finally:
         for h in handles:
             h.remove()

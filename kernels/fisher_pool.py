@@ -1,0 +1,93 @@
+"""Task-parallel per-layer Fisher rules on CPU for ``kernels.fisher_fast`` (the rules are in ``kernels.fisher_rules``).
+
+The backward of the fast backend computes input gradients only; each layer's rule (``sum_i (g_i^T x_i)^2`` and the
+like) can run as soon as that layer's output gradient ``g`` exists and is independent of every other rule and of the
+rest of the backward. With T intra-op threads, running every op data-parallel on T OpenMP threads scales badly: the
+rules are thousands of small and medium ops (per-sample products, reductions), each a short OpenMP region. Instead
+(``RulePool``), the backward runs in the calling thread on ``T - W`` intra-op threads while W Python worker threads
+each run whole rules on ONE intra-op thread (torch ops release the GIL); once the backward returns, the calling
+thread drains the queue too. Every thread then does single-threaded work, so no OpenMP barrier waits on a core that
+is busy elsewhere.
+
+Thread-count semantics (PyTorch with the OpenMP backend): ``torch.set_num_threads`` sets the calling thread's OpenMP
+``nthreads-var`` and MKL's thread-local count, plus a process-wide default that new threads pick up on their first
+op. Workers set 1 for themselves; the caller's count is restored by ``kernels.fisher_fast`` after the pass (which
+also resets the process-wide default to the caller's T).
+
+At most ``max_pending`` rules wait in the queue (each holds its layer's input and output gradient); beyond that the
+calling thread runs the oldest waiting rule itself before the backward continues, so peak memory stays close to a
+training pass.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+
+import torch
+
+
+class RulePool:
+    """W worker threads on one intra-op thread each; ``submit`` from the backward, ``drain`` after it."""
+
+    def __init__(self, workers: int, max_pending: int = 4) -> None:
+        if workers < 1:
+            raise ValueError(f"fisher_diagonal: rule_workers={workers!r} must be >= 1 for a pool")
+        self._tasks: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._errors: list[BaseException] = []
+        self._max_pending = max_pending
+        self._threads = [threading.Thread(target=self._work, daemon=True) for _ in range(workers)]
+        for t in self._threads:
+            t.start()
+
+    def _run(self, task: Callable[[], None]) -> None:
+        try:
+            task()
+        except BaseException as exc:  # noqa: BLE001 -- re-raised in the calling thread by drain()
+            self._errors.append(exc)
+
+    def _work(self) -> None:
+        torch.set_num_threads(1)
+        while (task := self._tasks.get()) is not None:
+            if not self._errors:
+                self._run(task)
+
+    def _help(self, until_pending: int) -> None:
+        """The calling thread runs waiting rules until at most ``until_pending`` remain."""
+        while self._tasks.qsize() > until_pending:
+            try:
+                task = self._tasks.get_nowait()
+            except queue.Empty:
+                return
+            if task is None:  # cannot happen before close(); keep the sentinel for the workers
+                self._tasks.put(None)
+                return
+            self._run(task)
+
+    def submit(self, task: Callable[[], None]) -> None:
+        self._tasks.put(task)
+        if self._tasks.qsize() > self._max_pending:
+            self._help(self._max_pending)
+
+    def drain(self) -> None:
+        """Run every waiting rule (the calling thread helps), stop the workers, re-raise the first error."""
+        self._help(0)
+        self.close()
+        if self._errors:
+            raise self._errors[0]
+
+    def close(self, cancel: bool = False) -> None:
+        """Stop the workers after the rules already running; with ``cancel`` (error paths) waiting rules are dropped."""
+        while cancel:
+            try:
+                self._tasks.get_nowait()
+            except queue.Empty:
+                break
+        for _ in self._threads:
+            self._tasks.put(None)
+        for t in self._threads:
+            t.join()
+
+
+__all__ = ["RulePool"]

@@ -1,0 +1,109 @@
+"""Task-parallel rules (kernels.fisher_pool): worker threads, thread counts restored, errors surface, bounded queue."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+from kernels import fisher_diagonal
+from kernels import fisher_rules as rules
+from kernels.fisher_pool import RulePool
+from tests.kernels.models import ConvNet, rel_err
+
+torch.set_num_threads(1)
+
+
+def _data(n: int = 6, seed: int = 6) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, 8, 8, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 4, (n,), generator=gen)
+    return [(x[: n // 2], y[: n // 2]), (x[n // 2 :], y[n // 2 :])]
+
+
+def _new_thread_count() -> int:
+    """The intra-op thread count a fresh thread starts with (PyTorch's process-wide default)."""
+    seen: list[int] = []
+    t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    t.start()
+    t.join()
+    return seen[0]
+
+
+@pytest.mark.parametrize("workers", [None, 1, 2])
+def test_rules_on_workers_equal_inline_and_counts_restored(
+    workers: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With 2 intra-op threads the conv/linear rules run on worker threads at one intra-op thread each; the result
+    equals the inline rules and the reference; the caller's count and the process default come back."""
+    torch.manual_seed(0)
+    model = ConvNet().double()
+    data = _data()
+    seen: list[tuple[int, int]] = []
+    for name in ("conv2d_rule", "linear_rule"):
+        original = getattr(rules, name)
+
+        def spy(*args: object, original=original) -> bool:  # noqa: ANN001
+            seen.append((threading.get_ident(), torch.get_num_threads()))
+            return original(*args)
+
+        monkeypatch.setattr(rules, name, spy)
+    main = threading.get_ident()
+    torch.set_num_threads(2)
+    try:
+        pooled = fisher_diagonal(model, data, rule_workers=workers)
+        assert torch.get_num_threads() == 2
+        assert _new_thread_count() == 2
+        assert seen and {n for _, n in seen} == {1}
+        assert any(ident != main for ident, _ in seen)  # at least some rules ran on a worker
+        seen.clear()
+        inline = fisher_diagonal(model, data, rule_workers=0)
+        assert seen and {ident for ident, _ in seen} == {main}
+    finally:
+        torch.set_num_threads(1)
+    ref = fisher_diagonal(model, data, backend="reference")
+    for n in ref.diag:
+        assert torch.equal(pooled.diag[n], inline.diag[n]), n
+        assert rel_err(pooled.diag[n], ref.diag[n]) < 1e-5, n
+
+
+def test_error_in_a_worker_reaches_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rule failing on a worker thread raises in fisher_diagonal; the workers stop and the thread count is back."""
+    model = ConvNet().double()
+
+    def boom(*args: object) -> bool:
+        raise RuntimeError("rule exploded")
+
+    monkeypatch.setattr(rules, "conv2d_rule", boom)
+    before = threading.active_count()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(RuntimeError, match="rule exploded"):
+            fisher_diagonal(model, _data(), rule_workers=1)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+    assert threading.active_count() == before
+
+
+def test_bounded_queue_caller_helps() -> None:
+    """With the worker busy, the submitting thread runs waiting tasks itself once more than max_pending wait."""
+    release = threading.Event()
+    ran: list[tuple[int, int]] = []
+    pool = RulePool(1, max_pending=2)
+    pool.submit(lambda: (release.wait(5), ran.append((0, threading.get_ident()))))
+    time.sleep(0.05)  # the worker has taken task 0 and blocks on it
+    for i in range(1, 5):
+        pool.submit(lambda i=i: ran.append((i, threading.get_ident())))
+    by_caller = [i for i, ident in ran if ident == threading.get_ident()]
+    assert by_caller == [1, 2]  # the oldest waiting tasks, so that at most 2 wait
+    release.set()
+    pool.drain()
+    assert sorted(i for i, _ in ran) == [0, 1, 2, 3, 4]
+
+
+def test_bad_rule_workers_is_named() -> None:
+    with pytest.raises(ValueError, match="rule_workers=-1"):
+        fisher_diagonal(ConvNet().double(), _data(), rule_workers=-1)
