@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kernels.fisher_pool import RulePool
+from kernels.fisher_pool import RuleRunner
 from kernels.fisher_reference import sample_labels
 from kernels.fisher_rules import SqOps, SqSum, chunk_size, rule_for
 
@@ -174,7 +174,7 @@ def _attempt_inner(plan, model, forward_fn, x, y, generator, chunk, seq, vec, ac
     subs: list[tuple[nn.Module, str, Tensor, Tensor]] = []
     leaves: list[Tensor] = []  # frozen drive: fresh leaf outputs of the layers whose input needs no gradient
     frozen = [p for p in model.parameters() if p.requires_grad] if plan.freeze else []
-    pool: RulePool | None = None  # set for the backward when the rules run on worker threads
+    runner: RuleRunner | None = None  # set for the backward (where each rule runs: kernels.fisher_pool)
 
     def run_rule(owner: _Owner) -> None:
         calls = [c for c in owner.calls if c[4] is not None]
@@ -182,18 +182,11 @@ def _attempt_inner(plan, model, forward_fn, x, y, generator, chunk, seq, vec, ac
         if calls and not plan.probe:  # a probe only records which layers the backward reached
             local_acc = {lc: acc[full] for lc, full in owner.local.items()}
             task = partial(_apply_rule, owner, [c[0] for c in calls], [c[4] for c in calls], local_acc, failed)
-            if pool is not None:
-                pool.submit(partial(task, SqOps(seq, vec, chunk)))
+            gemm = isinstance(owner.module, nn.Linear) and all(c[0].dim() == 2 for c in calls)
+            if runner is None:  # after the backward (rules whose hook never completed)
+                task(SqOps(seq, vec, chunk))
             else:
-                threads = torch.get_num_threads()
-                single = threads > 1 and x.device.type == "cpu"  # many small ops: one intra-op thread (RULE_THREADS)
-                try:
-                    if single:
-                        torch.set_num_threads(RULE_THREADS)
-                    task(SqOps(seq, vec, chunk))
-                finally:
-                    if single:
-                        torch.set_num_threads(threads)
+                runner.run(partial(task, SqOps(seq, vec, chunk)), gemm)
         for c in owner.calls:  # release the captures now, not at the end of the backward
             c[0] = c[1] = c[4] = None
         owner.calls.clear()
@@ -276,23 +269,16 @@ def _attempt_inner(plan, model, forward_fn, x, y, generator, chunk, seq, vec, ac
         for rec in records:
             rec[1] = None  # outputs were only needed for the version checks (drivers hold their own references)
         threads = torch.get_num_threads()
-        workers = 0 if plan.probe or not drivers else resolve_workers(plan.rule_workers, threads, x.device)
-        if workers:
-            pool = RulePool(workers)
+        cpu_multi = x.device.type == "cpu" and threads > 1  # many small ops: one intra-op thread (RULE_THREADS)
+        runner = RuleRunner(
+            resolve_workers(plan.rule_workers, threads, x.device), RULE_THREADS if cpu_multi else threads
+        )
         try:
-            if workers:
-                torch.set_num_threads(max(1, threads - workers))
             grads = torch.autograd.grad(loss, drivers, allow_unused=True) if drivers else []
-            if pool is not None:
-                torch.set_num_threads(1)  # the calling thread joins the workers on one intra-op thread
-                pool.drain()
-                pool = None
+            runner.finish()
         finally:
-            if pool is not None:
-                pool.close(cancel=True)
-                pool = None
-            if workers:
-                torch.set_num_threads(threads)
+            runner.close()
+            runner = None
     finally:
         for h in handles:
             h.remove()

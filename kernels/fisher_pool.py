@@ -90,4 +90,56 @@ class RulePool:
             t.join()
 
 
-__all__ = ["RulePool"]
+class RuleRunner:
+    """Where, and on how many intra-op threads, each rule of one backward runs (see the module docstring).
+
+    * ``gemm`` rules (Linear on vectors: one large product ``(G*G)^T (X*X)``, which scales with threads) run inline on
+      all of the caller's threads;
+    * the others go to a ``RulePool`` of ``workers`` threads, created at the first such rule, which also lowers the
+      calling thread (the backward) to ``threads - workers`` intra-op threads; with ``workers == 0`` they run inline
+      on ``single`` intra-op threads (``kernels.fisher_fast.RULE_THREADS`` on CPU).
+    ``finish`` (after the backward) drains the pool; ``close`` (always) restores the caller's thread count.
+    """
+
+    def __init__(self, workers: int, single: int) -> None:
+        self.threads = torch.get_num_threads()
+        self.workers = workers
+        self.single = single
+        self.pool: RulePool | None = None
+
+    def _inline(self, task: Callable[[], None], threads: int) -> None:
+        current = torch.get_num_threads()
+        if threads != current:
+            torch.set_num_threads(threads)
+        try:
+            task()
+        finally:
+            if threads != current:
+                torch.set_num_threads(current)
+
+    def run(self, task: Callable[[], None], gemm: bool) -> None:
+        if gemm:
+            self._inline(task, self.threads)
+        elif self.workers:
+            if self.pool is None:
+                self.pool = RulePool(self.workers)
+                torch.set_num_threads(max(1, self.threads - self.workers))
+            self.pool.submit(task)
+        else:
+            self._inline(task, self.single)
+
+    def finish(self) -> None:
+        if self.pool is not None:
+            torch.set_num_threads(1)  # the calling thread joins the workers on one intra-op thread
+            pool, self.pool = self.pool, None
+            pool.drain()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            pool, self.pool = self.pool, None
+            pool.close(cancel=True)
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+
+
+__all__ = ["RulePool", "RuleRunner"]

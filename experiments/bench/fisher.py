@@ -108,7 +108,7 @@ def _worker(args: argparse.Namespace) -> dict:
 
     runs = {
         "train": train,
-        "fast": lambda: fisher_diagonal(model, batches, backend="fast"),
+        "fast": lambda: fisher_diagonal(model, batches, backend="fast", rule_workers=args.rule_workers),
         "batch": lambda: fisher_diagonal(model, batches, mode="batch"),
         "torch.func": lambda: fisher_diagonal(model, func_batches, backend="reference", chunk=args.func_chunk),
         "naive": naive,
@@ -135,7 +135,7 @@ def _worker(args: argparse.Namespace) -> dict:
             if rep > 0:
                 times[m].append(dt * scale.get(m, 1.0))
                 peaks[m].append((top - base) / 1024)
-    fast = fisher_diagonal(model, batches, backend="fast")
+    fast = fisher_diagonal(model, batches, backend="fast", rule_workers=args.rule_workers)
     check_batches = batches[:1]
     ref = fisher_diagonal(model, check_batches, backend="reference", chunk=args.func_chunk)
     one = fisher_diagonal(model, check_batches, backend="fast")
@@ -156,8 +156,9 @@ def _worker(args: argparse.Namespace) -> dict:
 def _worker_cmd(args: argparse.Namespace, model: str, threads: int) -> list[str]:
     cmd = [sys.executable, __file__, "--model", model, "--threads", str(threads), "--methods", *args.methods]
     cmd += ["--samples", str(args.samples or SAMPLES[model])]
-    for key in ("batch", "naive_samples", "func_samples", "func_chunk", "device", "repeats"):
-        cmd += ["--" + key.replace("_", "-"), str(getattr(args, key))]
+    for key in ("batch", "naive_samples", "func_samples", "func_chunk", "device", "repeats", "rule_workers"):
+        if getattr(args, key) is not None:
+            cmd += ["--" + key.replace("_", "-"), str(getattr(args, key))]
     return cmd
 
 
@@ -190,6 +191,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="one worker per model and thread count")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda to time the Triton-dispatched path on a GPU")
     ap.add_argument("--repeats", type=int, default=3, help="timed interleaved rounds after one warm-up round")
+    ap.add_argument("--rule-workers", type=int, help="fisher_diagonal(rule_workers=...) for fast (default: auto)")
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args()

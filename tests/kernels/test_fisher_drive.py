@@ -162,29 +162,33 @@ def test_conv_paths_agree_across_the_grouped_threshold(monkeypatch: pytest.Monke
 
 
 def test_rules_single_threaded_and_thread_count_restored() -> None:
-    """With several intra-op threads the rules run on RULE_THREADS and the caller's thread count comes back."""
+    """With several intra-op threads and no rule workers, the conv rules (many small ops) run on RULE_THREADS, the
+    Linear-on-vectors rule (one large product) on all the caller's threads, and the caller's count comes back."""
     from kernels import fisher_fast
 
     torch.manual_seed(0)
     model = ConvNet().double()
     gen = torch.Generator().manual_seed(6)
     data = [(torch.randn(4, 3, 8, 8, generator=gen, dtype=torch.float64), torch.randint(0, 4, (4,), generator=gen))]
-    seen: list[int] = []
-    original = rules.linear_rule
-
-    def spy(*args: object) -> bool:
-        seen.append(torch.get_num_threads())
-        return original(*args)
+    seen: dict[str, list[int]] = {"conv2d_rule": [], "linear_rule": []}
 
     torch.set_num_threads(2)
     try:
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(rules, "linear_rule", spy)
-            fast = fisher_diagonal(model, data)
+            for name, calls in seen.items():
+                original = getattr(rules, name)
+
+                def spy(*args: object, original=original, calls=calls) -> bool:  # noqa: ANN001
+                    calls.append(torch.get_num_threads())
+                    return original(*args)
+
+                mp.setattr(rules, name, spy)
+            fast = fisher_diagonal(model, data, rule_workers=0)
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(1)
-    assert seen and set(seen) == {fisher_fast.RULE_THREADS}
+    assert seen["conv2d_rule"] and set(seen["conv2d_rule"]) == {fisher_fast.RULE_THREADS}
+    assert seen["linear_rule"] == [2]
     ref = fisher_diagonal(model, data, backend="reference")
     for n in ref.diag:
         assert rel_err(fast.diag[n], ref.diag[n]) < 1e-5, n

@@ -36,31 +36,36 @@ def _new_thread_count() -> int:
 def test_rules_on_workers_equal_inline_and_counts_restored(
     workers: int | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With 2 intra-op threads the conv/linear rules run on worker threads at one intra-op thread each; the result
-    equals the inline rules and the reference; the caller's count and the process default come back."""
+    """With 2 intra-op threads the conv rules run on worker threads at one intra-op thread each, the Linear-on-vectors
+    rule in the calling thread on both; the result equals the inline rules and the reference; the caller's count and
+    the process default come back."""
     torch.manual_seed(0)
     model = ConvNet().double()
     data = _data()
-    seen: list[tuple[int, int]] = []
-    for name in ("conv2d_rule", "linear_rule"):
+    main = threading.get_ident()
+    seen: dict[str, list[tuple[int, int]]] = {"conv2d_rule": [], "linear_rule": []}
+    for name in seen:
         original = getattr(rules, name)
 
-        def spy(*args: object, original=original) -> bool:  # noqa: ANN001
-            seen.append((threading.get_ident(), torch.get_num_threads()))
+        def spy(*args: object, original=original, calls=seen[name]) -> bool:  # noqa: ANN001
+            calls.append((threading.get_ident(), torch.get_num_threads()))
+            if threading.get_ident() == main:
+                time.sleep(0.05)  # the calling thread drains too: give the worker time to take the others
             return original(*args)
 
         monkeypatch.setattr(rules, name, spy)
-    main = threading.get_ident()
     torch.set_num_threads(2)
     try:
         pooled = fisher_diagonal(model, data, rule_workers=workers)
         assert torch.get_num_threads() == 2
         assert _new_thread_count() == 2
-        assert seen and {n for _, n in seen} == {1}
-        assert any(ident != main for ident, _ in seen)  # at least some rules ran on a worker
-        seen.clear()
+        conv = seen["conv2d_rule"]
+        assert conv and {n for _, n in conv} == {1}
+        assert any(ident != main for ident, _ in conv)  # at least some conv rules ran on a worker
+        assert seen["linear_rule"] == [(main, 2), (main, 2)]  # one per batch
+        conv.clear()
         inline = fisher_diagonal(model, data, rule_workers=0)
-        assert seen and {ident for ident, _ in seen} == {main}
+        assert conv and {ident for ident, _ in conv} == {main}
     finally:
         torch.set_num_threads(1)
     ref = fisher_diagonal(model, data, backend="reference")
