@@ -20,6 +20,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from omegaconf import DictConfig
 
+LEAN_TARGET = "cl.engine.lean.LeanTrainer"
+
 
 def step_loss(outputs: Any) -> torch.Tensor | None:
     """The loss in a training step's output (Lightning passes ``{"loss": ...}`` in automatic optimization)."""
@@ -28,7 +30,8 @@ def step_loss(outputs: Any) -> torch.Tensor | None:
 
 
 class StepLossLogger(Callback):
-    """Logs ``train/loss`` of every ``trainer.log_every_n_steps``-th training step to the trainer's loggers."""
+    """Logs ``train/loss`` of every ``trainer.log_every_n_steps``-th training step to the trainer's loggers, with the
+    other tensors of the step's output (``ContinualMethod.step_metrics``, e.g. ``train/prompt_loss``)."""
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if not trainer.loggers or trainer.global_step % max(1, int(trainer.log_every_n_steps)):
@@ -37,6 +40,8 @@ class StepLossLogger(Callback):
         if loss is None:
             return
         row = {"train/loss": float(loss), "epoch": trainer.current_epoch}
+        if isinstance(outputs, Mapping):  # the method's other step metrics (ContinualMethod.step_metrics)
+            row.update({k: float(v) for k, v in outputs.items() if k != "loss" and isinstance(v, torch.Tensor)})
         for logger in trainer.loggers:  # step numbering as Lightning's step logging (0-based batches stepped)
             logger.log_metrics(row, step=trainer.global_step - 1)
 
@@ -89,15 +94,29 @@ def make_trainer(
     num_experiences: int,
     extra_callbacks: list[Any] | None = None,
 ) -> Any:
-    """Instantiate ``trainer_cfg`` for one experience (logger version ``exp_{t}`` under ``run_dir/logs``)."""
+    """Instantiate ``trainer_cfg`` for one experience (logger version ``exp_{t}`` under ``run_dir/logs``): Lightning's
+    ``Trainer`` or the engine's lean loop (``_target_: cl.engine.lean.LeanTrainer``, which draws its own bar)."""
     logger: Any = False
     callbacks = list(extra_callbacks or [])
     if logger_cfg is not None and logger_cfg.get("_target_"):
         logger = instantiate(logger_cfg, save_dir=str(run_dir), name="logs", version=f"exp_{experience}")
         callbacks.append(StepLossLogger())
-    if trainer_cfg.get("enable_progress_bar", True):
+    extra: dict[str, Any] = {}
+    if is_lean(trainer_cfg):
+        extra["progress_label"] = f"exp {experience + 1}/{num_experiences}"
+    elif trainer_cfg.get("enable_progress_bar", True):
         callbacks.append(ExperienceProgressBar(experience, num_experiences))
     # the engine shards the training data itself (cl/engine/distributed.py), identically for any number of processes
     return instantiate(
-        trainer_cfg, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir), use_distributed_sampler=False
+        trainer_cfg,
+        logger=logger,
+        callbacks=callbacks,
+        default_root_dir=str(run_dir),
+        use_distributed_sampler=False,
+        **extra,
     )
+
+
+def is_lean(trainer_cfg: DictConfig) -> bool:
+    """Whether ``trainer_cfg`` selects the engine's lean loop (cl/engine/lean.py) rather than Lightning's Trainer."""
+    return str(trainer_cfg.get("_target_", "")) == LEAN_TARGET

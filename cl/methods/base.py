@@ -37,6 +37,11 @@ class ContinualMethod(L.LightningModule):
     """A backbone, a linear head over all classes, masks, and the per-experience hooks."""
 
     SCENARIOS: ClassVar[tuple[str, ...]] = ("class", "task", "domain")
+    # The FLOP counter (cl/callbacks/flops.py, mode cached) may reuse a training step's count from an earlier
+    # experience when the step's fingerprint (module calls and their input shapes) recurs. True when that fingerprint
+    # determines the step's FLOPs across the whole stream; set False where an experience changes the work inside a
+    # module call without changing its inputs' shapes (the prompt methods' growing prompt components).
+    step_flops_stream_invariant: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -67,6 +72,8 @@ class ContinualMethod(L.LightningModule):
         self.register_buffer("seen_classes", torch.zeros(num_classes, dtype=torch.bool))
         self.register_buffer("current_classes", torch.zeros(num_classes, dtype=torch.bool))
         self.register_buffer("experience_index", torch.tensor(-1))
+        # detached scalars of the current training step to log beside train/loss, e.g. {"train/prompt_loss": aux}
+        self.step_metrics: dict[str, torch.Tensor] = {}
 
     # ----------------------------------------------------------------------------------------------- stream hooks
     def setup_stream(self, stream: Stream) -> None:
@@ -133,9 +140,13 @@ class ContinualMethod(L.LightningModule):
         if self.grad_restriction > 0:  # IAU's gradient restriction: + alpha * sum of per-tensor gradient norms
             grads = torch.autograd.grad(loss, self.trainable_parameters(), create_graph=True, allow_unused=True)
             loss = loss + self.grad_restriction * sum(g.norm() for g in grads if g is not None)
-        # `train/loss` is logged by the engine from this return value (cl/engine/trainer.py: StepLossLogger), not by
-        # self.log, which costs ~1 ms per call on CPU
-        return loss
+        # `train/loss` (and each entry of `step_metrics`, filled by compute_loss) is logged by the engine from this
+        # return value (cl/engine/trainer.py: StepLossLogger), not by self.log, which costs ~1 ms per call on CPU
+        if not self.step_metrics:
+            return loss
+        out = {"loss": loss, **self.step_metrics}
+        self.step_metrics.clear()
+        return out
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters the optimizer updates (those with ``requires_grad``)."""

@@ -31,6 +31,7 @@ class PromptMethod(ContinualMethod):
     """A frozen ViT with prompts in ``prompt_layers`` chosen from the query; subclasses build ``self.prompt``."""
 
     SCENARIOS = ("class", "task", "domain")
+    step_flops_stream_invariant = False  # the prompt components in use grow with the experience (cl/methods/base.py)
 
     def __init__(
         self,
@@ -78,8 +79,7 @@ class PromptMethod(ContinualMethod):
         feats, aux = self.prompted_features(x, train=True)
         logits = self.apply_mask(self.head(feats), self.train_logit_mask())
         ce = F.cross_entropy(logits, y)
-        if self._trainer is not None:
-            self.log("train/prompt_loss", aux.detach(), on_step=True, on_epoch=False, batch_size=len(y))
+        self.step_metrics["train/prompt_loss"] = aux.detach()  # logged by the engine with train/loss (no self.log)
         return ce + aux
 
     def trainable_parameters(self) -> list[nn.Parameter]:
