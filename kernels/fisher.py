@@ -18,6 +18,8 @@ torch.func reference for parameters no rule covers; ``auto`` = fast, with the fu
 
 The model is evaluated in eval mode (dropout off, BatchNorm on running statistics, so that per-sample gradients are
 defined); every submodule's train/eval flag is restored afterwards, and no parameter's ``.grad`` is touched.
+``rule_workers`` (fast backend, CPU, more than one intra-op thread): worker threads that run the per-layer rules
+concurrently with the backward (``kernels.fisher_pool``); None = threads - 1, 0 = rules inline in the backward.
 Under torch.distributed (``distributed=None`` detects it) each rank passes its own shard; sums and counts are
 all-reduced once (``kernels.fisher_dist``).
 """

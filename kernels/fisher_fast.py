@@ -6,7 +6,10 @@ Mechanics of one batch (``fast_batch``):
 1. Forward hooks on the modules owning selected parameters record the module input and output; a tensor hook on the
    output (registered before any in-place op, so it receives the gradient of the pre-in-place value) receives
    ``g = d(sum_i l_i)/dy``; as soon as all calls of a module have their gradient, the rule runs inside the backward
-   and the captured tensors are released (peak memory close to a training pass).
+   and the captured tensors are released (peak memory close to a training pass). On CPU with T > 1 intra-op threads
+   (``kernels.fisher_pool.RuleRunner``) a Linear-on-vectors rule (one large product) runs there on all T threads;
+   the other rules go to ``rule_workers`` worker threads (one intra-op thread each) while the backward continues on
+   the remaining threads, and the calling thread helps drain them once the backward returns.
 2. ``torch.autograd.grad(sum_i l_i, drivers)`` with the drivers being layer outputs (or inputs), never parameters,
    so no batched weight gradient is computed and ``.grad`` is untouched. Before the first batch, two 2-sample probes
    check that the "frozen" drive reaches the same layers as driving through every layer output; if so, every batch
@@ -35,10 +38,10 @@ from torch import Tensor, nn
 
 from kernels.fisher_pool import RuleRunner
 from kernels.fisher_reference import sample_labels
-from kernels.fisher_rules import SqOps, SqSum, chunk_size, rule_for
+from kernels.fisher_rules import SqOps, SqSum, chunk_size, rule_for, seq_sqsum_torch, vec_sqsum_torch
 
-RULE_THREADS = 1  # intra-op threads for the per-layer rules on CPU: their many small ops (per-sample products,
-# OpenMP regions of well under a millisecond) ran 1.5-7x slower with 2 threads on the shared 2-core machine
+RULE_THREADS = 1  # intra-op threads for the small-op rules on CPU when rule_workers=0: their many small ops
+# (per-sample products, OpenMP regions of well under a millisecond) ran 1.5-7x slower with 2 threads
 
 
 @dataclass
@@ -270,9 +273,9 @@ def _attempt_inner(plan, model, forward_fn, x, y, generator, chunk, seq, vec, ac
             rec[1] = None  # outputs were only needed for the version checks (drivers hold their own references)
         threads = torch.get_num_threads()
         cpu_multi = x.device.type == "cpu" and threads > 1  # many small ops: one intra-op thread (RULE_THREADS)
-        runner = RuleRunner(
-            resolve_workers(plan.rule_workers, threads, x.device), RULE_THREADS if cpu_multi else threads
-        )
+        torch_kernels = seq is seq_sqsum_torch and vec is vec_sqsum_torch  # Triton (interpreted) stays on one thread
+        workers = resolve_workers(plan.rule_workers, threads, x.device) if torch_kernels else 0
+        runner = RuleRunner(workers, RULE_THREADS if cpu_multi else threads)
         try:
             grads = torch.autograd.grad(loss, drivers, allow_unused=True) if drivers else []
             runner.finish()
