@@ -16,11 +16,12 @@ needed to resolve ~5%.
 ``--bare`` also times a bare Lightning ``Trainer`` per experience (no callbacks, no logger) fitting the same method:
 the floor of an engine that calls ``Trainer.fit`` once per experience.
 
-What the engine does on top of the hand-written loop, by default: Lightning's fit (one Trainer per experience: setup,
-hooks around every step, teardown), the FLOP counter (``callbacks.flops``, mode ``cached``: each kind of step traced
-once per experience, see cl/callbacks/flops.py; ``--no-flops`` sets ``callbacks.flops=null``), and the
-parameters-updated count. Not here: the per-step CSV log (``logger=none`` on the engine side; the hand loop logs
-nothing either) and the progress bar (off unless ``--progress-bar``; redrawn at most 10 times a second).
+What the engine does on top of the hand-written loop, by default: its lean loop (``trainer=cpu``,
+cl/engine/lean.py: hook dispatch, one loop per experience; ``trainer=lightning`` on the command line times Lightning's
+Trainer instead), the FLOP counter (``callbacks.flops``, mode ``cached``: each kind of step traced once, counts carried
+over experiences for the base-class methods, see cl/callbacks/flops.py; ``--no-flops`` sets ``callbacks.flops=null``),
+and the parameters-updated count. Not here: the per-step CSV log (``logger=none`` on the engine side; the hand loop
+logs nothing either) and the progress bar (off unless ``--progress-bar``; redrawn at most 10 times a second).
 """
 
 from __future__ import annotations

@@ -126,15 +126,18 @@ def test_requeue_calls_scontrol_with_the_job_or_array_task(monkeypatch, tmp_path
     assert calls.read_text().splitlines() == ["requeue 77", "requeue 70_2", "requeue 999"]
 
 
-@pytest.mark.parametrize(("name", "world"), [("ddp_cpu", 2), ("cpu", 1)])
+@pytest.mark.parametrize(("name", "world"), [("ddp_cpu", 2), ("lightning", 1), ("cpu", 1)])
 def test_trainer_configs_build_the_intended_trainer(make_cfg, tmp_path: Path, name: str, world: int) -> None:
     from cl.engine.distributed import world_size_of
+    from cl.engine.lean import LeanTrainer
     from cl.engine.trainer import make_trainer
 
     cfg = make_cfg(f"trainer={name}", "logger=none")
     trainer = make_trainer(cfg.trainer, None, tmp_path, 0, 5)
     assert world_size_of(trainer) == world
-    assert trainer._accelerator_connector.use_distributed_sampler is False  # the engine shards (identical order)
+    assert isinstance(trainer, LeanTrainer) == (name == "cpu")  # the default CPU trainer is the engine's lean loop
+    if name != "cpu":
+        assert trainer._accelerator_connector.use_distributed_sampler is False  # the engine shards (identical order)
     assert trainer.max_epochs == 1  # the shrunk test config applies to ddp configs too
     gpu = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "trainer" / "ddp.yaml")
     assert gpu.strategy._target_ == "cl.engine.ddp_strategy.DDPStrategy" and gpu.accelerator == "gpu"
