@@ -2,7 +2,8 @@
 
 For each model (tiny ViT, reduced ResNet-18 for 32x32, MLP), thread count and the same N samples, reports the time of
   train      one training forward + backward (model.train(), mean cross-entropy, loss.backward()) over the N samples,
-  fast       fisher_diagonal(mode="per_sample", backend="fast") (exact; the goal is <= 1.25x train on CPU),
+  fast       fisher_diagonal(mode="per_sample", backend="fast") (exact; the goal is <= 1.25x train on CPU; rules on
+             threads - 1 worker threads by default, ``--rule-workers`` to compare, see ``kernels.fisher_pool``),
   batch      fisher_diagonal(mode="batch") (squared batch-mean gradient, the SSD reference / Avalanche quantity),
   torch.func fisher_diagonal(backend="reference") (vmap(grad) per-sample gradients; timed on the first
              --func-samples samples, scaled to N),
