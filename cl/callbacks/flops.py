@@ -9,7 +9,7 @@ expose ``extra_train_flops()`` (the FPF callback) is added. Not counted: evaluat
 without ``extra_train_flops`` (EWC's Fisher).
 
 Two modes (``callbacks.flops.mode``), which give the same totals on every method of this repository (tests in
-``tests/analysis/test_flops.py`` compare them on finetune, ER, DER++ and k-FPF runs):
+``tests/analysis/test_flops.py`` compare them on finetune, ER, DER++, k-FPF, EWC and LwF runs):
 
 * ``full``: one ``TorchDispatchMode`` over every op of the whole ``fit``. Exact by construction, but every op then
   goes through Python (a small CNN trains ~1.2x slower).
@@ -17,25 +17,34 @@ Two modes (``callbacks.flops.mode``), which give the same totals on every method
   step, backward and optimizer step) whose *fingerprint* was already counted in this ``fit`` is not traced again: its
   FLOPs are the counted ones. The fingerprint of a step is the sequence of module calls it makes (module, grad mode,
   the shapes and ``requires_grad`` of its positional tensor arguments, its scalar arguments), recorded by a global
-  module pre-hook that is cheap next to the dispatch mode. A step is traced in full when the fingerprint expected for
+  module pre-hook that is cheap next to the dispatch mode (~3% of a small CNN's step); a method that declares
+  ``step_flops_by_batch`` (its steps' FLOPs follow from the batch's shapes within an experience: finetune, joint,
+  EWC) has the batch's structure as fingerprint and no hook. A step is traced in full when the fingerprint expected for
   it is unknown: the first step of each batch shape in each ``fit``, and every step after a traced-free step whose
   fingerprint turned out new (ER's first replay step: the replay batch changes the forward's input shape), until
   that fingerprint has been traced once; the untraced steps that had it then get its count. Everything in ``fit``
   outside training steps (method and callback hooks such as k-FPF's triggers in ``on_train_batch_end``, epoch hooks)
   is traced in full as in ``full`` mode, except fetching batches from the data loader (no matmul FLOPs in data
-  loading; tracing every collate op was the largest cost), and the optimizer's update (SGD/Adam/AdamW do no matmuls;
-  an optimizer that does, e.g. Shampoo, needs ``mode=full``). The rule assumes what holds for every method here: a
-  step's FLOPs are determined, within one experience, by its module calls and their input shapes (no data-dependent
-  shapes inside a module, e.g. MoE routing; no matmuls on data-dependent shapes outside modules). A step whose
-  fingerprint was never traced by the end of ``fit`` is reported in ``flops_untraced_steps`` (0 in every test).
-  Counts carry over to the next experience's ``fit`` (so a step kind is traced once per run, not once per experience:
-  ~5 ms a traced step for the small CNN, 4-8% of the engine benchmark when every experience retraced) when the method
-  declares ``step_flops_stream_invariant`` (its steps' FLOPs follow from the fingerprint across experiences too: true
-  for the base class, false for the prompt methods, whose prompt components grow with the experience inside one
-  module call) and its parameters (identity and shape) are unchanged.
+  loading; tracing every collate op was the largest cost), the optimizer's update (SGD/Adam/AdamW do no matmuls;
+  an optimizer that does, e.g. Shampoo, needs ``mode=full``), and, under the lean loop (``trainer=cpu``), the span
+  between steps when every ``on_train_batch_start``/``on_train_batch_end`` it calls is marked
+  :func:`cl.analysis.flops.flop_free` (the engine's logger, progress bar and this counter, ER's and the FPF
+  callback's buffer updates; not k-FPF's, whose triggers train): the lean loop runs nothing else there, so the
+  dispatch mode is not switched off and on twice per step (~1% of a small CNN's step). The rule assumes what holds
+  for every method here: a step's FLOPs are determined, within one experience, by its module calls and their input
+  shapes (no data-dependent shapes inside a module, e.g. MoE routing; no matmuls on data-dependent shapes outside
+  modules). A step whose fingerprint was never traced by the end of ``fit`` is reported in ``flops_untraced_steps``
+  (0 in every test). Counts carry over to the next experience's ``fit`` (so a step kind is traced once per run, not once
+  per experience: ~5 ms a traced step for the small CNN, 4-8% of the engine benchmark when every experience retraced)
+  when the method declares ``step_flops_stream_invariant`` (its steps' FLOPs follow from the fingerprint across
+  experiences too: true for the base class, false for the prompt methods, whose prompt components grow with the
+  experience inside one module call) and its parameters (identity and shape) are unchanged.
 
-Steps are found through the trainer's profiler actions (``run_training_batch``, ``*.train_dataloader_next``); if a
-Lightning version renamed them, ``cached`` silently degrades to ``full`` (same totals, slower).
+Steps are found through the trainer's profiler actions (``run_training_batch``, ``*.train_dataloader_next``, the lean
+loop's ``[LeanTrainer].train_batches``); if a Lightning version renamed them, ``cached`` silently degrades to ``full``
+(same totals, slower). What still costs time in ``cached`` mode is each traced step (~3.5 ms more than the step
+itself for the small CNN, ~27 us per op through Python): the first step of each batch shape, so each experience's
+partial last batch.
 
 Metrics (``metrics.json``): ``flops`` (total training FLOPs of the run so far), ``flops_fit`` (inside ``fit``),
 ``params_updated`` (the largest number of parameters the Lightning optimizer updated at one step), and
@@ -45,15 +54,19 @@ the totals are multiplied by the world size (ranks do equal work by construction
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
+from cl.analysis.flops import flop_free, is_flop_free
+from cl.callbacks.flop_steps import StepCache, signature, structure
+
 MODES = ("cached", "full")
 STEP_ACTION = "run_training_batch"
 FETCH_SUFFIX = "train_dataloader_next"
+BATCHES_ACTION = "[LeanTrainer].train_batches"  # the lean loop's batch loop of one epoch (cl/engine/lean.py)
+BATCH_HOOKS = ("on_train_batch_start", "on_train_batch_end")
 
 
 class FlopCounter(Callback):
@@ -73,11 +86,14 @@ class FlopCounter(Callback):
         self._extra_sources: list[Any] = []
         self._profiler: Any = None
         self._auto_opt = True
-        self._cache: _StepCache | None = None
+        self._cache: StepCache | None = None
         self._world = 1
         self._batch_key: Any = None
-        self._carry: tuple[Any, _StepCache] | None = None  # (model signature, cache) of the last fit
+        self._carry: tuple[Any, StepCache] | None = None  # (model signature, cache) of the last fit
         self._signature: Any = None
+        self._by_batch = False  # the method declares step_flops_by_batch: no module-call fingerprint
+        self._quiet_batches = False  # the lean loop's batch hooks are all flop-free: no base mode between steps
+        self._in_batches = False
 
     # ------------------------------------------------------------------------------------------- dispatch modes
     def _enter(self) -> Any:
@@ -101,7 +117,7 @@ class FlopCounter(Callback):
             self._add(self._exit(base))
 
     def _resume_base(self) -> None:
-        if self._base is None:
+        if self._base is None and not self._in_batches:
             self._base = self._enter()
 
     # ------------------------------------------------------------------------------------------- lightning hooks
@@ -111,28 +127,36 @@ class FlopCounter(Callback):
         self._world = _world_size()
         self._auto_opt = bool(pl_module.automatic_optimization)
         if self.mode == "cached":
-            signature = _signature(pl_module)
+            params = signature(pl_module)
             carry = self._carry if getattr(pl_module, "step_flops_stream_invariant", False) else None
-            self._cache = carry[1] if carry is not None and carry[0] == signature else _StepCache()
-            self._carry, self._signature = None, signature
+            self._cache = carry[1] if carry is not None and carry[0] == params else StepCache()
+            self._carry, self._signature = None, params
             self._batch_key = None
+            self._by_batch = bool(getattr(pl_module, "step_flops_by_batch", False))
+            owners = getattr(trainer, "hook_owners", None)  # the lean loop names who runs its batch hooks
+            self._quiet_batches = owners is not None and all(
+                is_flop_free(owner, name) for name in BATCH_HOOKS for owner in owners.get(name, ())
+            )
+            self._in_batches = False
             self._patch_profiler(trainer.profiler)
         self._resume_base()
 
+    @flop_free
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         if self._profiler is not None:
-            self._batch_key = _structure(batch)
+            self._batch_key = structure(batch)
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
         n = sum(p.numel() for g in optimizer.param_groups for p in g["params"] if p.grad is not None)
         self.params_updated = max(self.params_updated, n)
-        self.param_updates += n * _world_size()
+        self.param_updates += n * self._world
         if self._step is not None and self._auto_opt:  # the optimizer's update follows: no matmul FLOPs
             step, self._step = self._step, None
             self._cache.step_flops += self._exit(step)
 
     def _stop(self) -> None:
         self._unpatch_profiler()
+        self._in_batches = False
         cache = getattr(self, "_cache", None)
         if cache is not None and cache.open:  # an exception inside a step: count what ran
             self._close_step(resume=False)
@@ -165,11 +189,16 @@ class FlopCounter(Callback):
                 self._open_step()
             elif action_name.endswith(FETCH_SUFFIX) and not self._cache.open:
                 self._pause_base()
+            elif action_name == BATCHES_ACTION and self._quiet_batches:
+                self._in_batches = True  # the base mode stays off until the batch loop ends
 
         def _stop(action_name: str) -> None:
             if action_name == STEP_ACTION:
                 self._close_step()
             elif action_name.endswith(FETCH_SUFFIX) and not self._cache.open:
+                self._resume_base()
+            elif action_name == BATCHES_ACTION and self._in_batches:
+                self._in_batches = False
                 self._resume_base()
             stop(action_name)
 
@@ -187,7 +216,7 @@ class FlopCounter(Callback):
 
     def _open_step(self) -> None:
         self._pause_base()
-        if self._cache.open_window(self._batch_key):
+        if self._cache.open_window(self._batch_key, record=not self._by_batch):
             self._step = self._enter()
             self.traced_steps += 1
 
@@ -229,76 +258,6 @@ class FlopCounter(Callback):
         self.params_updated = int(state_dict["params_updated"])
         self.param_updates = int(state_dict["param_updates"])
         self.untraced_steps = int(state_dict.get("untraced_steps", 0))
-
-
-class _StepCache:
-    """Fingerprints of the training steps of one ``fit`` and the FLOPs counted for each (see the module docstring)."""
-
-    def __init__(self) -> None:
-        self.known: dict[tuple, int] = {}  # fingerprint -> FLOPs of one step
-        self.expected: dict[Any, tuple] = {}  # batch structure -> fingerprint of the last step with it
-        self.pending: Counter[tuple] = Counter()  # untraced steps whose fingerprint is not known yet
-        self.open = False
-        self.traced = False
-        self.step_flops = 0
-        self._trace: list[tuple] = []
-        self._hook: Any = None
-
-    def open_window(self, batch_key: Any) -> bool:
-        """Start recording a step; True if it must be traced with the dispatch mode."""
-        import torch
-
-        self._key = batch_key
-        expected = self.expected.get(batch_key)
-        self.traced = expected is None or expected not in self.known or bool(self.pending)
-        self.step_flops = 0
-        self._trace = []
-        self._hook = torch.nn.modules.module.register_module_forward_pre_hook(self._record)
-        self.open = True
-        return self.traced
-
-    def close_window(self) -> int:
-        """Finish the step; the FLOPs to add now (its own, plus those of earlier untraced steps it resolves)."""
-        if not self.open:
-            return 0
-        self.open = False
-        self._hook.remove()
-        fp = tuple(self._trace)
-        self._trace = []
-        self.expected[self._key] = fp
-        if self.traced:
-            self.known[fp] = self.step_flops
-            return self.step_flops * (1 + self.pending.pop(fp, 0))
-        if fp in self.known:
-            return self.known[fp]
-        self.pending[fp] += 1
-        return 0
-
-    def _record(self, module: Any, args: tuple) -> None:
-        import torch
-
-        self._trace.append((id(module), torch.is_grad_enabled(), _structure(args, grad=True)))
-
-
-_SCALARS = (int, float, bool, str, type(None))
-
-
-def _structure(obj: Any, grad: bool = False) -> Any:
-    """A hashable description of ``obj``: tensor shapes (and ``requires_grad``), nested sequences, scalars."""
-    import torch
-
-    if isinstance(obj, torch.Tensor):
-        return (tuple(obj.shape), obj.requires_grad) if grad else tuple(obj.shape)
-    if isinstance(obj, (list, tuple)):
-        return tuple(_structure(o, grad) for o in obj)
-    if isinstance(obj, dict):
-        return tuple((k, _structure(v, grad)) for k, v in obj.items())
-    return obj if isinstance(obj, _SCALARS) else type(obj).__name__
-
-
-def _signature(module: Any) -> tuple:
-    """Identity and shape of every parameter of ``module``: a new or resized parameter invalidates carried counts."""
-    return tuple((name, id(p), tuple(p.shape), p.requires_grad) for name, p in module.named_parameters())
 
 
 def _world_size() -> int:

@@ -94,6 +94,7 @@ class LeanTrainer:
         self.optimizers: list[torch.optim.Optimizer] = []
         self.lr_scheduler_configs: list[dict[str, Any]] = []
         self.received_sigterm = False
+        self.hook_owners: dict[str, list[Any]] = {}  # hook name -> the objects whose override this fit calls, in order
         self.training, self.sanity_checking = True, False
         self.lightning_module: LightningModule | None = None
         self.train_dataloader: Any = None
@@ -103,14 +104,13 @@ class LeanTrainer:
         """For each hook, the bound methods to call: callbacks' then the module's, only where overridden."""
         out = {}
         for name in HOOKS:
-            fns = [
-                (lambda f: lambda *a: f(self, module, *a))(getattr(cb, name))
-                for cb in self.callbacks
-                if getattr(type(cb), name, None) is not getattr(Callback, name)
-            ]
+            owners = [cb for cb in self.callbacks if getattr(type(cb), name, None) is not getattr(Callback, name)]
+            fns = [(lambda f: lambda *a: f(self, module, *a))(getattr(cb, name)) for cb in owners]
             if getattr(type(module), name, None) is not getattr(LightningModule, name, None):
+                owners.append(module)
                 fns.append(getattr(module, name))
             out[name] = fns
+            self.hook_owners[name] = owners
         return out
 
     def _configure_optimizers(self, module: LightningModule) -> None:
@@ -187,7 +187,6 @@ class LeanTrainer:
         epoch_scheds = [s["scheduler"] for s in self.lr_scheduler_configs if s["interval"] == "epoch"]
         step_scheds = [s["scheduler"] for s in self.lr_scheduler_configs if s["interval"] == "step"]
         autocast = self.precision == "bf16-mixed"
-        n, to_device = self.num_training_batches, self.root_device.type != "cpu"
         loader = self.train_dataloader
         for sampler in (
             getattr(loader, "sampler", None),
@@ -197,6 +196,19 @@ class LeanTrainer:
                 sampler.set_epoch(self.current_epoch)
         call(hooks["on_train_epoch_start"])
         it = iter(loader)
+        profiler.start(BATCHES_ACTION)  # the FLOP counter need not watch between steps when batch hooks are flop-free
+        try:
+            self._run_batches(model, hooks, it, opt, step_scheds, epoch_scheds, autocast)
+        finally:
+            profiler.stop(BATCHES_ACTION)
+        call(hooks["on_train_epoch_end"])
+
+    def _run_batches(
+        self, model: LightningModule, hooks: dict[str, list[Any]], it: Any, opt: torch.optim.Optimizer,
+        step_scheds: list[Any], epoch_scheds: list[Any], autocast: bool,
+    ) -> None:  # fmt: skip
+        call, profiler = self._call, self.profiler
+        n, to_device = self.num_training_batches, self.root_device.type != "cpu"
         for batch_idx in range(n):
             profiler.start("[LeanTrainer].train_dataloader_next")
             batch = next(it)
@@ -231,7 +243,6 @@ class LeanTrainer:
             call(hooks["on_train_batch_end"], outputs, batch, batch_idx)
             if self.received_sigterm:
                 raise SIGTERMException()
-        call(hooks["on_train_epoch_end"])
 
     # ------------------------------------------------------------------------------------------- loggers, signals
     def _log_hyperparams(self, model: LightningModule) -> None:
@@ -269,6 +280,7 @@ def check_config(trainer_cfg: Any) -> None:
     LeanTrainer(**{**settings, "enable_progress_bar": False})
 
 
+BATCHES_ACTION = "[LeanTrainer].train_batches"
 _LIGHTNING_HINT = "lightning (Lightning's Trainer, conf/trainer/lightning.yaml)"
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from lightning.pytorch.callbacks import Callback
 
+from cl.analysis.flops import flop_free
 from cl.engine.trainer import step_loss
 
 
@@ -32,6 +33,7 @@ class LeanProgressBar(Callback):
             dynamic_ncols=True, leave=True,
         )  # fmt: skip
 
+    @flop_free
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.bar is None:
             return

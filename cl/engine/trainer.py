@@ -20,6 +20,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from omegaconf import DictConfig
 
+from cl.analysis.flops import flop_free
+
 LEAN_TARGET = "cl.engine.lean.LeanTrainer"
 
 
@@ -33,6 +35,7 @@ class StepLossLogger(Callback):
     """Logs ``train/loss`` of every ``trainer.log_every_n_steps``-th training step to the trainer's loggers, with the
     other tensors of the step's output (``ContinualMethod.step_metrics``, e.g. ``train/prompt_loss``)."""
 
+    @flop_free
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if not trainer.loggers or trainer.global_step % max(1, int(trainer.log_every_n_steps)):
             return
@@ -61,6 +64,7 @@ class ExperienceProgressBar(TQDMProgressBar):
         super().on_train_epoch_start(trainer, *args)
         self.train_progress_bar.set_description(f"{self.label} · epoch {trainer.current_epoch}")
 
+    @flop_free
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._loss = step_loss(outputs)
         now = time.monotonic()

@@ -7,11 +7,18 @@ finetune). Both run in this process from one deep-copied initial method and one 
 ``--repeats`` rounds (the order rotates between rounds, so a load that drifts on a shared machine biases no side). Each
 round gives one engine/hand ratio; the median and interquartile range of those ratios are reported, for wall-clock
 time (the goal) and for the process's CPU time (less sensitive to other processes on the machine). Single runs vary
-by ~10% here even on a quiet machine (CPU time as much as wall time), so the default 30 rounds (~2 minutes) are
-needed to resolve ~5%.
+by ~10% here even on a quiet machine (CPU time as much as wall time: a plain matmul loop's median varies by ~10% over
+a minute on this VM), so the default 30 rounds (~2 minutes) are needed to resolve ~5%; ``--processes P`` runs P such
+processes one after the other and pools their rounds (a process's memory layout is one more source of variance).
 
-    python experiments/bench/stream_overhead.py [--repeats 30] [--progress-bar] [--no-flops] [--threads 1] [--bare]
-        [engine config overrides, e.g. trainer=lightning]
+glibc's allocator: by default both sides run with glibc's mmap and trim thresholds fixed high (``mallopt`` at start,
+the effect of ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``), so that freed activations stay in the heap
+instead of being returned to the OS and faulted in again: with glibc's adaptive thresholds the minor page faults of
+one side's training varied from 0.7k to 14k between rounds of the same work (tens of ms of a ~1 s run), a noise that
+is not the engine's. ``--no-malloc-tuning`` keeps glibc's defaults.
+
+    python experiments/bench/stream_overhead.py [--repeats 30] [--processes 1] [--no-malloc-tuning]
+        [--progress-bar] [--no-flops] [--threads 1] [--bare] [engine config overrides, e.g. trainer=lightning]
 
 ``--bare`` also times a bare Lightning ``Trainer`` per experience (no callbacks, no logger) fitting the same method:
 the floor of an engine that calls ``Trainer.fit`` once per experience.
@@ -28,8 +35,11 @@ from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -146,15 +156,19 @@ def report(name: str, runs: list[tuple[float, float]], ref: list[tuple[float, fl
         )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--progress-bar", action="store_true", help="keep the engine's progress bar on")
-    parser.add_argument("--no-flops", action="store_true", help="turn the engine's FLOP counter off")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: least noise on a shared machine)")
-    parser.add_argument("--bare", action="store_true", help="also time a bare Lightning Trainer per experience")
-    parser.add_argument("overrides", nargs="*", help="extra config overrides of the engine side (e.g. trainer=...)")
-    args = parser.parse_args()
+def tune_malloc() -> bool:
+    """Fix glibc's mmap threshold (1 GiB), trim threshold (2 GiB) and top pad (64 MiB); False where not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    settings = ((m_mmap_threshold, 1 << 30), (m_trim_threshold, 1 << 31), (m_top_pad, 64 << 20))
+    return all(libc.mallopt(k, v) == 1 for k, v in settings)
+
+
+def measure(args: argparse.Namespace) -> dict[str, list[list[float]]]:
+    """This process's rounds: side -> [[wall, CPU], ...] (after one warm-up run of each side)."""
     torch.set_num_threads(args.threads)
     extra = [f"trainer.enable_progress_bar={args.progress_bar}"] + (["callbacks.flops=null"] if args.no_flops else [])
     with tempfile.TemporaryDirectory() as tmp:
@@ -164,18 +178,60 @@ def main() -> None:
         sides["bare"] = lambda: bare_lightning_seconds(hand_setup)
     for fn in sides.values():  # warm-up (imports, allocator, first-call costs)
         fn()
-    results: dict[str, list[tuple[float, float]]] = {k: [] for k in sides}
+    results: dict[str, list[list[float]]] = {k: [] for k in sides}
     names = list(sides)
     for r in range(args.repeats):
         for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate which side runs first
-            results[name].append(sides[name]())
-    flops = not args.no_flops
+            results[name].append(list(sides[name]()))
+    return results
+
+
+def pooled(args: argparse.Namespace) -> dict[str, list[list[float]]]:
+    """Run ``args.processes`` worker processes one after the other; their rounds, pooled."""
+    flags = ["--repeats", str(args.repeats), "--threads", str(args.threads)]
+    flags += [
+        f"--{k.replace('_', '-')}" for k in ("no_malloc_tuning", "progress_bar", "no_flops", "bare") if getattr(args, k)
+    ]
+    out: dict[str, list[list[float]]] = {}
+    for i in range(args.processes):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "rounds.json"
+            subprocess.run([sys.executable, __file__, *flags, "--json", str(path), *args.overrides], check=True)
+            rounds = json.loads(path.read_text())
+        for name, values in rounds.items():
+            out.setdefault(name, []).extend(values)
+        ratios = [e[0] / h[0] for e, h in zip(rounds["engine"], rounds["hand"])]
+        print(f"process {i}: engine/hand wall ratio median {statistics.median(ratios):.3f}x", flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=30, help="rounds per process")
+    parser.add_argument("--processes", type=int, default=1, help="worker processes, one after the other, pooled")
+    parser.add_argument("--no-malloc-tuning", action="store_true", help="keep glibc's adaptive malloc thresholds")
+    parser.add_argument("--json", help=argparse.SUPPRESS)  # where a worker writes its rounds (--processes)
+    parser.add_argument("--progress-bar", action="store_true", help="keep the engine's progress bar on")
+    parser.add_argument("--no-flops", action="store_true", help="turn the engine's FLOP counter off")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: least noise on a shared machine)")
+    parser.add_argument("--bare", action="store_true", help="also time a bare Lightning Trainer per experience")
+    parser.add_argument("overrides", nargs="*", help="extra config overrides of the engine side (e.g. trainer=...)")
+    args = parser.parse_args()
+    if args.processes > 1:
+        results = pooled(args)
+        tuned = not args.no_malloc_tuning
+    else:
+        tuned = not args.no_malloc_tuning and tune_malloc()
+        results = measure(args)
+        if args.json:
+            Path(args.json).write_text(json.dumps(results))
+            return
     print(
-        f"threads={torch.get_num_threads()} repeats={args.repeats} progress_bar={args.progress_bar} flops={flops} "
-        f"overrides={args.overrides}"
+        f"threads={args.threads} processes={args.processes} repeats={args.repeats} malloc_tuning={tuned} "
+        f"progress_bar={args.progress_bar} flops={not args.no_flops} overrides={args.overrides}"
     )
-    for name in names:
-        print(f"{name:>6} wall s: {', '.join(f'{v[0]:.3f}' for v in results[name])}")
+    for name, values in results.items():
+        print(f"{name:>6} wall s: {', '.join(f'{v[0]:.3f}' for v in values)}")
     report("engine", results["engine"], results["hand"])
     if args.bare:
         report("bare", results["bare"], results["hand"])
