@@ -12,17 +12,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
 
 class LightFlopCounter(TorchDispatchMode):
-    """``with LightFlopCounter() as c: ...; c.total``: FLOPs of every op with a formula in ``flop_registry``."""
+    """``with LightFlopCounter() as c: ...; c.total``: FLOPs of every op with a formula in ``flop_registry``.
+
+    The registry's formulas are wrapped by ``shape_wrapper``, which maps their arguments to shapes with ``tree_map``;
+    a wrapped formula is called here on its unwrapped function with the shapes taken directly (tensors, and tensors in
+    lists, tuples and dicts: what ``tree_map`` reaches in aten arguments), ~15 us less per counted op."""
 
     def __init__(self) -> None:
         super().__init__()
-        from torch.utils.flop_counter import flop_registry
-
-        self.registry = flop_registry
+        self.registry = _formulas()
         self.total = 0
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
@@ -30,11 +33,45 @@ class LightFlopCounter(TorchDispatchMode):
         out = func(*args, **kwargs)
         formula = self.registry.get(func._overloadpacket)
         if formula is not None:
-            self.total += int(formula(*args, **kwargs, out_val=out))
+            raw, on_shapes = formula
+            if on_shapes:
+                self.total += int(raw(*_shapes(args), out_shape=_shapes(out), **_shapes(kwargs)))
+            else:
+                self.total += int(raw(*args, **kwargs, out_val=out))
         return out
 
     def get_total_flops(self) -> int:
         return self.total
+
+
+_FORMULAS: dict[Any, tuple[Callable[..., Any], bool]] = {}
+
+
+def _formulas() -> dict[Any, tuple[Callable[..., Any], bool]]:
+    """``flop_registry`` as op -> (function, whether it takes shapes): the unwrapped function of a formula wrapped by
+    ``shape_wrapper`` (recognised by the wrapper's code object), else the registered callable as it is."""
+    from torch.utils.flop_counter import flop_registry, shape_wrapper
+
+    if len(_FORMULAS) != len(flop_registry):  # formulas registered later (register_flop_formula) are picked up
+        wrapper_code = shape_wrapper(lambda: 0).__code__
+        _FORMULAS.clear()
+        for op, formula in flop_registry.items():
+            inner = getattr(formula, "__wrapped__", None)
+            wrapped = inner is not None and getattr(formula, "__code__", None) is wrapper_code
+            _FORMULAS[op] = (inner, True) if wrapped else (formula, False)
+    return _FORMULAS
+
+
+def _shapes(obj: Any) -> Any:
+    """``tree_map(get_shape, obj)`` of ``torch.utils.flop_counter`` for aten arguments: tensors become their shapes."""
+    if isinstance(obj, Tensor):
+        return obj.shape
+    kind = type(obj)
+    if kind is tuple or kind is list:
+        return kind(_shapes(o) for o in obj)
+    if kind is dict:
+        return {k: _shapes(v) for k, v in obj.items()}
+    return obj
 
 
 def flop_free(hook: Callable[..., Any]) -> Callable[..., Any]:

@@ -147,7 +147,8 @@ class LeanTrainer:
             torch.use_deterministic_algorithms(True)
         self.lightning_module, self.train_dataloader = model, train_dataloaders
         model.trainer = self  # LightningModule.trainer / global_step / current_epoch read this object
-        model.to(self.root_device)
+        if any(t.device != self.root_device for t in (*model.parameters(), *model.buffers())):
+            model.to(self.root_device)
         hooks = self._hooks(model)
         handler = self._install_sigterm()
         try:
@@ -209,38 +210,44 @@ class LeanTrainer:
     ) -> None:  # fmt: skip
         call, profiler = self._call, self.profiler
         n, to_device = self.num_training_batches, self.root_device.type != "cpu"
+        batch_start, batch_end = hooks["on_train_batch_start"], hooks["on_train_batch_end"]
+        before_zero_grad, before_backward = hooks["on_before_zero_grad"], hooks["on_before_backward"]
+        after_backward, before_step = hooks["on_after_backward"], hooks["on_before_optimizer_step"]
         for batch_idx in range(n):
-            profiler.start("[LeanTrainer].train_dataloader_next")
+            profiler.start(FETCH_ACTION)
             batch = next(it)
-            profiler.stop("[LeanTrainer].train_dataloader_next")
+            profiler.stop(FETCH_ACTION)
             if to_device:
                 batch = model.transfer_batch_to_device(batch, self.root_device, 0)
-            if any(fn(batch, batch_idx) == -1 for fn in hooks["on_train_batch_start"]):
+            if batch_start and any(fn(batch, batch_idx) == -1 for fn in batch_start):
                 break
-            profiler.start("run_training_batch")
-            with torch.autocast(self.root_device.type, dtype=torch.bfloat16, enabled=autocast):
+            profiler.start(STEP_ACTION)
+            if autocast:
+                with torch.autocast(self.root_device.type, dtype=torch.bfloat16):
+                    output = model.training_step(batch, batch_idx)
+            else:
                 output = model.training_step(batch, batch_idx)
             loss = output.get("loss") if isinstance(output, dict) else output
             if loss is not None:
-                call(hooks["on_before_zero_grad"], opt)
+                call(before_zero_grad, opt)
                 opt.zero_grad(set_to_none=True)
-                call(hooks["on_before_backward"], loss)
+                call(before_backward, loss)
                 model.backward(loss)
-                call(hooks["on_after_backward"])
-                call(hooks["on_before_optimizer_step"], opt)
+                call(after_backward)
+                call(before_step, opt)
                 if self.gradient_clip_val:
                     params = [p for g in opt.param_groups for p in g["params"]]
                     torch.nn.utils.clip_grad_norm_(params, float(self.gradient_clip_val))
                 opt.step()
                 self.global_step += 1
-            profiler.stop("run_training_batch")
+            profiler.stop(STEP_ACTION)
             for sched in step_scheds:
                 sched.step()
             if batch_idx == n - 1:
                 for sched in epoch_scheds:
                     sched.step()
-            outputs = _detached(output, loss)
-            call(hooks["on_train_batch_end"], outputs, batch, batch_idx)
+            if batch_end:
+                call(batch_end, _detached(output, loss), batch, batch_idx)
             if self.received_sigterm:
                 raise SIGTERMException()
 
@@ -281,6 +288,8 @@ def check_config(trainer_cfg: Any) -> None:
 
 
 BATCHES_ACTION = "[LeanTrainer].train_batches"
+FETCH_ACTION = "[LeanTrainer].train_dataloader_next"
+STEP_ACTION = "run_training_batch"  # Lightning's name: the FLOP counter brackets training steps by it
 _LIGHTNING_HINT = "lightning (Lightning's Trainer, conf/trainer/lightning.yaml)"
 
 
