@@ -42,8 +42,8 @@ Two modes (``callbacks.flops.mode``), which give the same totals on every method
 
 Steps are found through the trainer's profiler actions (``run_training_batch``, ``*.train_dataloader_next``, the lean
 loop's ``[LeanTrainer].train_batches``); if a Lightning version renamed them, ``cached`` silently degrades to ``full``
-(same totals, slower). What still costs time in ``cached`` mode is each traced step (~3.5 ms more than the step
-itself for the small CNN, ~27 us per op through Python): the first step of each batch shape, so each experience's
+(same totals, slower). What still costs time in ``cached`` mode is each traced step (~2.5 ms more than the step
+itself for the small CNN, ~20 us per op through Python): the first step of each batch shape, so each experience's
 partial last batch.
 
 Metrics (``metrics.json``): ``flops`` (total training FLOPs of the run so far), ``flops_fit`` (inside ``fit``),

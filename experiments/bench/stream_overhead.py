@@ -2,14 +2,20 @@
 
 Same model (small CNN), same data (the digits class-incremental stream, 5 experiences of 2 classes), same optimizer
 (Adam 1e-3), same masked cross-entropy, 2 epochs per experience, batch 32, same DataLoaders; evaluation is excluded
-from both (the engine's ``train_seconds`` counts fit + the method's end-of-experience hook, which is empty for
-finetune). Both run in this process from one deep-copied initial method and one stream (built once), interleaved over
-``--repeats`` rounds (the order rotates between rounds, so a load that drifts on a shared machine biases no side). Each
-round gives one engine/hand ratio; the median and interquartile range of those ratios are reported, for wall-clock
-time (the goal) and for the process's CPU time (less sensitive to other processes on the machine). Single runs vary
-by ~10% here even on a quiet machine (CPU time as much as wall time: a plain matmul loop's median varies by ~10% over
-a minute on this VM), so the default 30 rounds (~2 minutes) are needed to resolve ~5%; ``--processes P`` runs P such
-processes one after the other and pools their rounds (a process's memory layout is one more source of variance).
+from both (the engine's ``train_seconds`` counts fit, which makes the optimizer, + the method's end-of-experience
+hook, which is empty for finetune; the hand loop's time counts making its optimizer and its epochs). Both run in this
+process from one deep-copied initial method and one stream (built once), interleaved over ``--repeats`` rounds (the
+order rotates between rounds, so a load that drifts on a shared machine biases no side). Each round gives one
+engine/hand ratio; the median and interquartile range of those ratios are reported, for wall-clock time (the goal) and
+for the process's CPU time (less sensitive to other processes on the machine). Single runs vary by ~10% here even on a
+quiet machine (CPU time as much as wall time: a plain matmul loop's median varies by ~10% over a minute on this VM),
+so the default 30 rounds (~2 minutes) are needed to resolve ~5%; ``--processes P`` runs P such processes one after the
+other and pools their rounds: one process's median ratio varied from 0.96x to 1.08x between processes of the same code
+(2026-11-29, 20 rounds each), more than the rounds within a process resolve.
+
+Measured 2026-11-29 (1 thread, ``--processes 5 --repeats 20``, engine/hand wall ratio, median of the pooled rounds):
+default 1.020x and 1.033x (two runs), ``--no-flops`` 1.021x (3 processes), ``trainer=lightning`` 1.153x, and a bare
+Lightning ``Trainer`` per experience 1.141x (``--bare``, 2 processes).
 
 glibc's allocator: by default both sides run with glibc's mmap and trim thresholds fixed high (``mallopt`` at start,
 the effect of ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``), so that freed activations stay in the heap

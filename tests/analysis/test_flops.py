@@ -69,10 +69,11 @@ CNN = ["backbone=cnn_small"]
         (["method=k_fpf", "method.k=4", "method.fpf_iterations=2"], 1),
         # step_flops_by_batch (no module-call fingerprint): the penalty from experience 1 on is element-wise (0 FLOPs)
         (["method=ewc", *CNN, "method.fisher_max_batches=1"], 2),
+        (["method=joint", *CNN], 2),
         # LwF's distillation forward starts at experience 1 (module-call fingerprint: its steps are new ones)
         (["method=lwf", *CNN], 3),
     ],
-    ids=["finetune", "er", "derpp", "k_fpf", "ewc", "lwf"],
+    ids=["finetune", "er", "derpp", "k_fpf", "ewc", "joint", "lwf"],
 )
 def test_cached_count_equals_full_count(overrides, max_traced, tmp_path):
     torch.set_num_threads(1)
