@@ -87,8 +87,18 @@ def squeue(name: str | None = None) -> list[tuple[str, str, str]]:
     return [tuple(line.split("|")) for line in out.splitlines() if line.strip()]  # type: ignore[misc]
 
 
+def node_states() -> set[str]:
+    """The states ``sinfo`` reports for the cluster's nodes (``idle``, ``completing``, ``allocated``, ...)."""
+    return {line.strip() for line in run(["sinfo", "-h", "-N", "-o", "%T"], timeout=15).stdout.splitlines()}
+
+
 def release(job_id: str) -> None:
-    """A requeued job waits ~2 min (Reason=BeginTime); let it start now."""
+    """A requeued job waits ~2 min (Reason=BeginTime: SLURM's guard against relaunching it while slurmd still revokes
+    the credential of its killed run); let it start now, once the node is idle again (slurmd has processed the kill)
+    and two seconds later (revocations have one-second resolution). Released earlier, the relaunch can fail with "Job
+    credential revoked" and the job ends without running (seen once in CI, 2026-11-29)."""
+    wait_for(lambda: node_states() == {"idle"}, 60, f"the node done with the killed run of job {job_id}")
+    time.sleep(2)
     run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], timeout=15, check=True)
 
 
