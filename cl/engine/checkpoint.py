@@ -1,18 +1,18 @@
 """Per-experience checkpoints: state dicts only, written atomically, loaded with ``weights_only=True``.
 
 A checkpoint is a dict with ``format == CHECKPOINT_FORMAT`` holding the method's ``state_dict`` (model and every
-method state: buffers, prompts, Fisher diagonals, masks), the last optimizer state, the accuracy matrices so far, the
-stream position, RNG states and the resolved config. Anything else is refused with a clear message.
+method state: buffers, prompts, Fisher diagonals, masks), the accuracy matrices so far, the stream position, the
+run-long callbacks' states and the resolved config: what resume needs. No optimizer state (each experience's ``fit``
+builds a fresh optimizer) and no RNG state (experience t starts from ``seed_everything(seed + t)``). Anything else is
+refused with a clear message.
 """
 
 from __future__ import annotations
 
-import random
 import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from cl.utils.atomic import write_with
@@ -24,27 +24,6 @@ _TASK_CKPT = re.compile(r"^task_(\d+)\.ckpt$")
 
 class CheckpointError(ValueError):
     """A file that is not one of this framework's checkpoints, or one that does not fit the model."""
-
-
-def rng_state() -> dict[str, Any]:
-    """The RNG states of torch (CPU and CUDA), Python and NumPy as weights-only-loadable objects."""
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "python": list(random.getstate()[1]),
-        "python_version": random.getstate()[0],
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2])},
-    }
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    """Inverse of :func:`rng_state`."""
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    random.setstate((state["python_version"], tuple(state["python"]), None))
-    np.random.set_state(("MT19937", state["numpy"]["keys"].numpy().astype(np.uint32), state["numpy"]["pos"], 0, 0.0))
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:

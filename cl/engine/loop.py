@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 from cl.data.stream import Stream
-from cl.engine.checkpoint import rng_state, save_checkpoint
+from cl.engine.checkpoint import save_checkpoint
 from cl.engine.distributed import (
     ShardedEpochSampler,
     SigtermLatch,
@@ -122,12 +122,14 @@ class StreamRunner:
                 cb.load_state_dict(payload["callbacks"][name])
         self.start = t + 1
 
-    def payload(self, t: int, optimizer_state: dict[str, Any] | None) -> dict[str, Any]:
+    def payload(self, t: int) -> dict[str, Any]:
+        """What resume (:meth:`restore`, ``cl.experiment``) and unlearning (``unlearn/context.py``) read. No optimizer
+        state (every experience's ``fit`` builds a fresh optimizer) and no RNG state (experience t starts from
+        ``seed_everything(seed + t)``)."""
         return {
             "experience": t,
             "num_experiences": len(self.stream),
             "state_dict": self.method.state_dict(),
-            "optimizer": optimizer_state,
             "acc_matrix": self.R[: t + 1].tolist(),  # t = -1: the initial weights, no row yet
             "acc_matrix_task_aware": self.R_taw[: t + 1].tolist(),
             "R0": self.R0.tolist(),
@@ -138,7 +140,6 @@ class StreamRunner:
             "experience_classes": [e.classes for e in self.stream.experiences],
             "method_class": f"{type(self.method).__module__}.{type(self.method).__qualname__}",
             "callbacks": {name: cb.state_dict() for name, cb in self.callbacks.items()},
-            "rng": rng_state(),
             "config": OmegaConf.to_container(self.cfg, resolve=True),
         }
 
@@ -174,7 +175,7 @@ class StreamRunner:
         if self.start == 0:
             seed_everything(int(self.cfg.seed), verbose=False)
             if is_global_zero():  # the weights before any training (unlearning's `retrain` starts from them)
-                save_checkpoint(self.run_dir / "checkpoints" / "initial.ckpt", self.payload(-1, None))
+                save_checkpoint(self.run_dir / "checkpoints" / "initial.ckpt", self.payload(-1))
             self.R0[:], self.R0_taw[:] = self.evaluate()
         metrics: dict[str, Any] = {}
         for t in range(self.start, len(self.stream)):
@@ -210,8 +211,7 @@ class StreamRunner:
         self.R[t], self.R_taw[t] = self.evaluate()
         metrics = self.metrics(t)
         if is_global_zero():
-            opt = trainer.optimizers[0].state_dict() if trainer.optimizers else None
-            save_checkpoint(self.run_dir / "checkpoints" / f"task_{t}.ckpt", self.payload(t, opt))
+            save_checkpoint(self.run_dir / "checkpoints" / f"task_{t}.ckpt", self.payload(t))
             main = self.R_taw if self.stream.scenario == "task" else self.R
             write_reports(self.run_dir, metrics, main[: t + 1], plot=t == len(self.stream) - 1)
         return metrics

@@ -74,6 +74,13 @@ def test_checkpoint_contents_and_weights_only_loading(finished_run):
     first = load_checkpoint(run_dir / "checkpoints" / "task_0.ckpt")
     assert int(first["state_dict"]["seen_classes"].sum()) == 2
     assert first["experience_classes"] == payload["experience_classes"]
+    # what resume and unlearning read, nothing else: each fit builds a fresh optimizer and experience t starts from
+    # seed_everything(seed + t), so optimizer and RNG states would never be read
+    assert set(payload) == {
+        "format", "version", "experience", "num_experiences", "state_dict", "acc_matrix", "acc_matrix_task_aware",
+        "R0", "R0_task_aware", "train_seconds", "scenario", "class_order", "experience_classes", "method_class",
+        "callbacks", "config",
+    }  # fmt: skip
 
 
 def test_foreign_files_are_refused(tmp_path):
