@@ -1,5 +1,5 @@
 """Module sensitivity from training dynamics (Zhao et al., "Does Continual Learning Equally Forget All Parameters?",
-ICML 2023; spec /work/shared/specs/fpf_kfpf.md, section 2).
+ICML 2023, arXiv 2304.04158; no official code was found: the formula below is our choice).
 
 For each unit m (see :mod:`cl.modules.fpf_select`) with parameters theta_m, snapshots are taken at the end of every
 experience t, and the drift between consecutive experiences is

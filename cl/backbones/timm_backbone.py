@@ -12,7 +12,8 @@ need:
 Weights, offline first:
 
 * ``weights=PATH``: a local ``.pth``/``.safetensors``/``.bin`` file, loaded through timm's ``pretrained_cfg_overlay``
-  (timm adapts patch embeddings and position embeddings; classifier keys are dropped);
+  (timm adapts patch embeddings and position embeddings; classifier keys are dropped), or an original AugReg ``.npz``
+  (e.g. the ViT-B/16 file of conf/backbone/vit_b16.yaml), read by the ViT's own ``load_pretrained``;
 * ``pretrained=True`` without ``weights``: the Hugging Face cache (``HF_HUB_OFFLINE=1`` is honoured by huggingface_hub);
 * neither: random init (the tiny CPU ViT and the reduced ResNet-18 for 32x32 inputs).
 
@@ -72,6 +73,8 @@ class Backbone(nn.Module):
                     f"backbone.pretrained=true to use the Hugging Face cache."
                 )
             kwargs["pretrained_cfg_overlay"] = {"file": str(path), "num_classes": 0}
+            if path.suffix == ".npz":  # an original big_vision/AugReg checkpoint: timm's own npz loader reads it
+                kwargs["pretrained_cfg_overlay"]["custom_load"] = True
         try:
             self.model = timm.create_model(name, pretrained=load_pretrained, num_classes=0, in_chans=in_chans, **kwargs)
         except (OSError, RuntimeError, ValueError) as err:  # offline hub misses surface as OSError/LocalEntryNotFound

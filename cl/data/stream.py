@@ -7,6 +7,8 @@ indices, so that data loading stays as fast as a hand-written loop and unlearnin
 Scenarios (``scenario.name``):
 
 * ``class``: class-incremental (``nc_benchmark(task_labels=False)``); one head over all classes, no task id at test.
+  The class order: ``class_order`` if given, else ``class_order_rule`` (:mod:`cl.data.class_order`) with
+  ``class_order_seed``: Avalanche's seeded order, or the CODA-Prompt reference code's.
 * ``task``: task-incremental (``nc_benchmark(task_labels=True)``); the task id is given at test time.
 * ``domain``: domain-incremental (``benchmark_from_datasets``); every experience has all classes under a new input
   distribution: ``variant=rotated`` (one seeded angle in [0, 180) per experience, as Avalanche's RotatedMNIST) or
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import Dataset, Subset
 
+from cl.data.class_order import check_rule, coda_reference_order
 from cl.data.sources import SplitDatasets
 
 SCENARIOS = ("class", "task", "domain")
@@ -89,10 +92,13 @@ def build_stream(
     class_order: Sequence[int] | None = None,
     variant: str = "rotated",
     domain_seed: int = 0,
+    class_order_rule: str = "avalanche",
 ) -> Stream:
-    """Build the stream for ``scenario.name`` (see the module docstring); raises ``ValueError`` on bad config."""
+    """Build the stream for ``scenario.name`` (see the module docstring); raises ``ValueError`` on bad config.
+    ``class_order`` (an explicit permutation) wins over ``class_order_rule`` (:mod:`cl.data.class_order`)."""
     if name not in SCENARIOS:
         raise ValueError(f"scenario.name={name!r}; allowed: {list(SCENARIOS)}")
+    check_rule(class_order_rule)
     if name == "domain":
         return _domain_stream(datasets, n_experiences, variant, domain_seed)
     n_classes = len(datasets.classes)
@@ -101,6 +107,8 @@ def build_stream(
         class_order = [int(c) for c in class_order]
         if sorted(class_order) != list(range(n_classes)):
             raise ValueError(f"scenario.class_order must be a permutation of 0..{n_classes - 1}; got {class_order}")
+    elif class_order_rule == "coda_reference":
+        class_order = coda_reference_order(n_classes, class_order_seed)
     bench = _avalanche().nc_benchmark(
         datasets.train,
         datasets.test,

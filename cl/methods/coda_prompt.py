@@ -1,6 +1,6 @@
 """CODA-Prompt (Smith et al., "CODA-Prompt: COntinual Decomposed Attention-based Prompting for Rehearsal-Free
-Continual Learning", CVPR 2023, arXiv 2211.13218; reference code GT-RIPL/CODA-Prompt, spec
-/work/shared/specs/coda_prompt.md).
+Continual Learning", CVPR 2023, arXiv 2211.13218; reference code github.com/GT-RIPL/CODA-Prompt, models/zoo.py
+and learners/prompt.py).
 
 Per prompted layer (default blocks 0-4): components P (M x L_p x D), keys K and attention vectors A (M x D);
 alpha_m(x) = cos(q(x) ⊙ A_m, K_m) over the components active so far (past ones detached), p(x) = sum_m alpha_m P_m,

@@ -1,7 +1,7 @@
-"""k-FPF (Zhao et al., "Does Continual Learning Equally Forget All Parameters?", ICML 2023; spec
-/work/shared/specs/fpf_kfpf.md, section 3): plain SGD on the stream with no per-step replay, a reservoir buffer updated
-at every step, and FPF (:func:`cl.modules.fpf.fpf_finetune`) triggered k times at even intervals over the whole run,
-regardless of experience boundaries.
+"""k-FPF (Zhao et al., "Does Continual Learning Equally Forget All Parameters?", ICML 2023, arXiv 2304.04158; no
+official code was found): plain SGD on the stream with no per-step replay, a reservoir buffer updated at every step,
+and FPF (:func:`cl.modules.fpf.fpf_finetune`) triggered k times at even intervals over the whole run, regardless of
+experience boundaries.
 
 Schedule: with N the total number of training steps of the run, trigger i (1..k) fires right after global step
 floor(i * N / k) (1-based), so the last trigger follows the last step. N is planned when training starts from the

@@ -177,9 +177,9 @@ def plasticity(R: ArrayLike) -> float:
 def reference_forgetting_fn(R: ArrayLike) -> float:
     """CODA-Prompt reference F_N: average per-step drop; 0.0 for T = 1.
 
-    Spec (/work/shared/specs/coda_prompt.md, section 4): "F_N (``utils/calc_forgetting.py``, assumes equal task
-    sizes): F = (1/(T-1)) * sum_{t=1}^{T-1} (1/t) * sum_{i<t} [ R_{t-1,i} - R_{t,i} ], i.e. average per-step drop
-    (not the usual max-based forgetting)."
+    ``utils/calc_forgetting.py`` of the reference (it assumes equal task sizes):
+    F = (1/(T-1)) * sum_{t=1}^{T-1} (1/t) * sum_{i<t} [ R_{t-1,i} - R_{t,i} ], i.e. the average per-step drop
+    (not the usual max-based forgetting).
     Source: Smith et al. 2023, CODA-Prompt (CVPR), official code GT-RIPL/CODA-Prompt ``utils/calc_forgetting.py``.
     """
     arr = validate_matrix(R)

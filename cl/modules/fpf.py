@@ -1,5 +1,5 @@
 """Forgetting Prioritized Finetuning (FPF), Zhao et al., "Does Continual Learning Equally Forget All Parameters?",
-ICML 2023 (arXiv 2304.04158), spec: /work/shared/specs/fpf_kfpf.md.
+ICML 2023 (arXiv 2304.04158); no official code was found.
 
 One FPF call fine-tunes only the selected units P (see :mod:`cl.modules.fpf_select`) on the replay buffer M:
 

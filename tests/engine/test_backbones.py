@@ -59,3 +59,15 @@ def test_wrap_attention_replaces_only_chosen_blocks():
     assert isinstance(b.blocks[1].attn, nn.Sequential) and not isinstance(b.blocks[0].attn, nn.Sequential)
     with pytest.raises(ValueError, match=r"prompt layer 5 out of range"):
         b.wrap_attention([5], lambda i, attn: attn)
+
+
+def test_an_npz_checkpoint_goes_to_timms_npz_loader(tmp_path, monkeypatch):
+    """An original AugReg .npz (vit_b16.yaml's checkpoint as released) is read by the ViT's own npz loader, not as a
+    torch state dict (timm resets custom_load when a file is given)."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    calls = []
+    monkeypatch.setattr(VisionTransformer, "load_pretrained", lambda self, path, prefix="": calls.append(path))
+    (tmp_path / "B_16.npz").write_bytes(b"")
+    Backbone(**TINY, weights=str(tmp_path / "B_16.npz"))
+    assert calls == [str(tmp_path / "B_16.npz")]
