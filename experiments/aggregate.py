@@ -6,7 +6,9 @@ Groups the *complete* runs (see :mod:`experiments.sweep_runs`) by method and set
 - ``summary.csv``: one row per group, ``<metric>_mean`` / ``<metric>_std`` for every numeric metric in ``metrics.json``;
 - ``summary.md``: the same table as ``mean ± std`` cells, then the list of incomplete runs with their reasons;
 - ``runs.csv``: one row per run (complete or not) with its group, seed, status and metrics;
-- ``acc_matrix_<group>.png``: the element-wise mean accuracy matrix of each group (``cl.metrics.plots``).
+- ``acc_matrix_<group>.png``: the element-wise mean accuracy matrix of each group (``cl.metrics.plots``);
+- ``retention_<group>.{csv,png}``: the mean retention curves (±std over seeds) of each group whose runs used
+  ``+callbacks=retention`` (``cl.analysis.retention``).
 
 std is the sample standard deviation (ddof = 1) over the group's runs; with one run it is empty. A metric absent or
 null in some runs is averaged over the runs that have it (the count is in ``<metric>_n`` in the CSV).
@@ -114,6 +116,7 @@ def slug(parts: tuple[str, ...]) -> str:
 
 def aggregate(sweep_dir: Path, out_dir: Path | None = None, extra_keys: tuple[str, ...] = ()) -> dict[str, Any]:
     """Write every output file; returns ``{"rows", "incomplete", "files", "keys", "metrics"}``."""
+    from cl.analysis.retention import write_mean_curves
     from cl.metrics.plots import plot_acc_matrix
     from cl.utils.atomic import write_text
 
@@ -153,6 +156,8 @@ def aggregate(sweep_dir: Path, out_dir: Path | None = None, extra_keys: tuple[st
         if matrix is not None:
             title = f"{' / '.join(p for p in group if p)}: mean of {len(members)} run(s)"
             written.append(plot_acc_matrix(matrix, out_dir / f"acc_matrix_{slug(group)}.png", title=title))
+        title = f"{' / '.join(p for p in group if p)}: retention, mean ± std of {len(members)} run(s)"
+        written += write_mean_curves([r.path for r in members], out_dir, slug(group), title)
     return {"rows": rows, "incomplete": incomplete, "files": written, "keys": keys, "metrics": metrics}
 
 

@@ -66,7 +66,9 @@ class StreamRunner:
     Extension points: ``cfg.callbacks`` (a dict of ``_target_`` configs) are Lightning callbacks built once per run,
     given to every experience's Trainer (so they see every step across experiences), checkpointed through their
     ``state_dict``; a callback may also define ``on_experience_end(runner, experience)`` (called after the method's
-    own hook, before evaluation) and ``report_metrics() -> dict`` (merged into ``metrics.json``), as may the method.
+    own hook, before evaluation) and ``report_metrics() -> dict`` (merged into ``metrics.json``), as may the method,
+    ``setup_stream(stream)`` (called once before training and on resume), and ``measurement_seconds`` /
+    ``measurement_cpu_seconds`` counters of time spent measuring inside ``fit``, which the training time excludes.
     """
 
     def __init__(self, cfg: DictConfig, method: Any, stream: Stream, run_dir: Path) -> None:
@@ -143,6 +145,15 @@ class StreamRunner:
             "config": OmegaConf.to_container(self.cfg, resolve=True),
         }
 
+    def measurement_seconds(self) -> tuple[float, float]:
+        """Wall and CPU seconds that callbacks spent measuring inside the timed span (``measurement_seconds`` and
+        ``measurement_cpu_seconds`` attributes, e.g. retention probes): excluded from the training time."""
+        cbs = self.callbacks.values()
+        return (
+            sum(float(getattr(cb, "measurement_seconds", 0.0)) for cb in cbs),
+            sum(float(getattr(cb, "measurement_cpu_seconds", 0.0)) for cb in cbs),
+        )
+
     # ------------------------------------------------------------------------------------------------ metrics
     def metrics(self, t: int) -> dict[str, Any]:
         main, main0 = (self.R_taw, self.R0_taw) if self.stream.scenario == "task" else (self.R, self.R0)
@@ -172,6 +183,9 @@ class StreamRunner:
 
     def _run(self, sigterm: SigtermLatch) -> dict[str, Any]:
         self.method.setup_stream(self.stream)
+        for cb in self.callbacks.values():
+            if hasattr(cb, "setup_stream"):
+                cb.setup_stream(self.stream)
         if self.start == 0:
             seed_everything(int(self.cfg.seed), verbose=False)
             if is_global_zero():  # the weights before any training (unlearning's `retrain` starts from them)
@@ -195,6 +209,7 @@ class StreamRunner:
         )
         loader = self.train_loader(self.method.train_dataset(exp, self.stream), t, world_size_of(trainer))
         start, cpu_start = time.perf_counter(), time.process_time()
+        measured = self.measurement_seconds()
         try:
             trainer.fit(self.method, train_dataloaders=loader)
         except SIGTERMException as err:
@@ -206,8 +221,9 @@ class StreamRunner:
         for cb in self.callbacks.values():
             if hasattr(cb, "on_experience_end"):
                 cb.on_experience_end(self, exp)
-        self.train_seconds += time.perf_counter() - start
-        self.train_cpu_seconds += time.process_time() - cpu_start
+        wall, cpu = (now - m for now, m in zip(self.measurement_seconds(), measured, strict=True))
+        self.train_seconds += time.perf_counter() - start - wall
+        self.train_cpu_seconds += time.process_time() - cpu_start - cpu
         self.R[t], self.R_taw[t] = self.evaluate()
         metrics = self.metrics(t)
         if is_global_zero():
