@@ -50,12 +50,11 @@ def two_afc(seen_loss: torch.Tensor, unseen_loss: torch.Tensor) -> float:
 
 
 def loss_auc(seen_loss: torch.Tensor, unseen_loss: torch.Tensor) -> float:
-    """AUC of ``-loss`` as a score for "seen" (1) vs "never seen" (0): P(loss_seen < loss_unseen) over all pairs."""
-    from torchmetrics.functional.classification import binary_auroc
-
-    scores = -torch.cat([seen_loss, unseen_loss]).double()
-    target = torch.cat([torch.ones(len(seen_loss)), torch.zeros(len(unseen_loss))]).long()
-    return float(binary_auroc(scores, target))
+    """AUC of ``-loss`` as a score for "seen" (1) vs "never seen" (0): P(loss_seen < loss_unseen) + P(tie) / 2 over
+    all pairs (the Mann-Whitney form of the ROC area, exact; torchmetrics' ``binary_auroc`` gives the same number but
+    cost ~0.5 s a call on a loaded 2-core machine, more than the probes' forward passes)."""
+    s, u = seen_loss.double()[:, None], unseen_loss.double()[None, :]
+    return float(((s < u).double() + 0.5 * (s == u).double()).mean())
 
 
 @torch.no_grad()

@@ -31,6 +31,11 @@ def test_two_afc_and_auc_on_hand_made_losses():
     wins = sum(float(s < u) + 0.5 * float(s == u) for s in seen for u in unseen)
     assert loss_auc(seen, unseen) == pytest.approx(wins / 16)
     assert loss_auc(seen, seen + 10) == pytest.approx(1.0) and two_afc(seen + 10, seen) == 0.0
+    from torchmetrics.functional.classification import binary_auroc  # the library's ROC area, on random losses
+
+    a, b = torch.rand(40, generator=torch.Generator().manual_seed(0)), torch.rand(30) + 0.2
+    target = torch.cat([torch.ones(40), torch.zeros(30)]).long()
+    assert loss_auc(a, b) == pytest.approx(float(binary_auroc(-torch.cat([a, b]), target)), abs=1e-6)
     with pytest.raises(ValueError, match="one length"):
         two_afc(seen, unseen[:2])
 
