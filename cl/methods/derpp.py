@@ -34,12 +34,8 @@ class DERPP(ER):
         logits = self(x)
         self._stream_logits = logits.detach()
         loss = F.cross_entropy(self.apply_mask(logits, mask), y)
-        if self.buffer.is_empty():
-            return loss
-        if self.alpha > 0:
-            r = self.replay()
+        if self.alpha > 0 and (r := self.replay()) is not None:
             loss = loss + self.alpha * F.mse_loss(self(r.x.to(x)), r.logits.to(logits))
-        if self.beta > 0:
-            r = self.replay()
+        if self.beta > 0 and (r := self.replay()) is not None:
             loss = loss + self.beta * F.cross_entropy(self.apply_mask(self(r.x.to(x)), mask), r.y.to(y))
         return loss

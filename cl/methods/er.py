@@ -53,9 +53,13 @@ class ER(ContinualMethod):
         self._stream_logits: torch.Tensor | None = None
 
     def replay(self, n: int | None = None) -> Any:
-        """A replay batch, or ``None`` while the buffer is empty. Under DDP, this rank's share of the 1-process draw
+        """A replay batch of ``min(n, buffer items)`` distinct items (Mammoth shrinks the request, never repeats an
+        item), or ``None`` while the buffer is empty. Under DDP, this rank's share of the 1-process draw
         (:meth:`ReservoirBuffer.sample` with ``shard=True``): the ranks together replay the 1-process batch."""
-        return None if self.buffer.is_empty() else self.buffer.sample(n or self.replay_batch_size, shard=True)
+        if self.buffer.is_empty():
+            return None
+        r = self.buffer.sample(n or self.replay_batch_size, shard=True)
+        return r if len(r.y) else None
 
     def compute_loss(self, x: torch.Tensor, y: torch.Tensor, batch: Sequence[Any]) -> torch.Tensor:
         r = self.replay()

@@ -1,12 +1,17 @@
-"""Online Elastic Weight Consolidation (Kirkpatrick et al., PNAS 2017; online form of Schwarz et al., ICML 2018
-"Progress & Compress" and Chaudhry et al. 2018).
+"""Online Elastic Weight Consolidation (Kirkpatrick et al., PNAS 2017, arXiv 1612.00796; the online form of Schwarz
+et al., "Progress & Compress", ICML 2018, arXiv 1805.06370, and Chaudhry et al., ECCV 2018, arXiv 1801.10112).
 
 Penalty while training experience t > 0:  L = CE + (lambda / 2) * sum_i F_i (theta_i - theta*_i)^2
 After experience t:  F <- gamma * F + F_t  and  theta* <- theta,
 where F_t is the diagonal of the empirical Fisher of the model on experience t's training data (mean over samples of
 the squared per-sample gradient of log p(y|x), the masked logits of the experience). It comes from
 :func:`kernels.fisher_diagonal` (``method.fisher_mode``: ``per_sample`` is exact; ``batch`` reproduces Avalanche's
-squared batch-mean gradient). ``gamma=1`` gives the sum of Fishers of the original multi-penalty EWC's quadratic terms.
+squared batch-mean gradient).
+
+This is online EWC, not the original EWC for any ``gamma``: there is one anchor theta* (the weights after the latest
+experience) and one decayed sum of Fishers. The original EWC keeps one quadratic penalty per past task, each with its
+own Fisher F_s and anchor theta*_s, sum_s F_s (theta - theta*_s)^2; ``gamma=1`` only stops the decay of the Fishers
+and still pulls towards the latest weights alone. ``gamma`` < 1 down-weights older experiences (Schwarz et al.).
 """
 
 from __future__ import annotations

@@ -137,22 +137,23 @@ class ReservoirBuffer(nn.Module):
         return slots
 
     def sample(self, n: int, generator: torch.Generator | None = None, shard: bool = False) -> ReplaySample:
-        """``n`` stored items, uniformly without replacement when ``n <= len(self)`` (else with replacement). With
-        ``shard`` under torch.distributed: this rank's share ``[rank::world]`` of that draw (``n`` a multiple of the
-        world size, so every rank gets ``n / world`` items and the ranks together get the 1-process draw)."""
+        """``min(n, len(self))`` stored items, uniformly without replacement: a request larger than the buffer shrinks
+        to the buffer's size, as Mammoth's ``Buffer.get_data`` (github.com/aimagelab/mammoth, ``utils/buffer.py``)
+        does. With ``shard`` under torch.distributed: this rank's share ``[rank::world]`` of that draw (``n`` a
+        multiple of the world size; a shrunk draw is cut to a multiple of it, so every rank gets the same number of
+        items and the ranks together get the 1-process draw; empty while the buffer holds fewer items than ranks)."""
         size = len(self)
         if size == 0:
             raise RuntimeError("cannot sample from an empty replay buffer")
-        if n <= size:
-            index = torch.randperm(size, generator=generator)[:n]
-        else:
-            index = torch.randint(size, (n,), generator=generator)
         world = _world_size() if shard else 1
+        if world > 1 and n % world:
+            raise ValueError(
+                f"method.replay_batch_size={n} must be a multiple of the number of processes ({world}) under DDP"
+            )
+        take = min(n, size)
+        take -= take % world
+        index = torch.randperm(size, generator=generator)[:take]
         if world > 1:
-            if n % world:
-                raise ValueError(
-                    f"method.replay_batch_size={n} must be a multiple of the number of processes ({world}) under DDP"
-                )
             index = index[torch.distributed.get_rank() :: world]
         index = index.to(self.x.device)
         return ReplaySample(

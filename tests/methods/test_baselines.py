@@ -94,11 +94,27 @@ def test_ewc_penalty_and_online_fisher_accumulation():
     m.on_experience_start(s.experiences[1])
     ce = F.cross_entropy(m.apply_mask(m(x1), m.train_logit_mask()), y1)
     assert torch.allclose(m.compute_loss(x1, y1, (x1, y1)), ce + 2.0 * hand, atol=1e-6)
-    # online: F <- gamma * F + F_new
-    old = getattr(m, _buffer_name("fisher", "head.weight")).clone()
+    # online (Schwarz et al. 2018): F <- gamma * F + F_1, theta* <- theta; F_1 is the exact Fisher at the current
+    # weights on experience 1 (masked to the classes seen so far). Ignoring gamma (F + F_1, or F_1 alone) fails.
+    old = {n: getattr(m, _buffer_name("fisher", n)).clone() for n in expect}
+    fisher_1 = _exact_fisher(m, *s.experiences[1].train.tensors)
     m.on_experience_end(s.experiences[1], loader)
-    new = getattr(m, _buffer_name("fisher", "head.weight"))
-    assert torch.all(new >= 0.5 * old - 1e-7) and not torch.allclose(new, old)
+    for n in expect:
+        new = getattr(m, _buffer_name("fisher", n))
+        assert torch.allclose(new, 0.5 * old[n] + fisher_1[n], rtol=1e-5, atol=1e-8), n
+        assert torch.equal(getattr(m, _buffer_name("anchor", n)), dict(m.named_parameters())[n].detach())
+    assert float(old["head.weight"].abs().sum()) > 1e-3  # the test sees gamma only where F_0 is nonzero
+
+
+def _exact_fisher(m, x, y):
+    out = {n: torch.zeros_like(p) for n, p in m.named_parameters()}
+    for i in range(len(y)):
+        m.zero_grad()
+        F.cross_entropy(m.apply_mask(m(x[i : i + 1]), m.train_logit_mask()), y[i : i + 1]).backward()
+        for n, p in m.named_parameters():
+            out[n] += p.grad.detach() ** 2 / len(y)
+    m.zero_grad()
+    return out
 
 
 def test_ewc_rejects_bad_config():
@@ -128,3 +144,40 @@ def test_lwf_distils_old_class_logits_with_temperature():
     assert all(not p.requires_grad for p in m.old_model.parameters())
     old_ids = {id(p) for p in m.old_model.parameters()}
     assert old_ids.isdisjoint(id(p) for p in m.trainable_parameters())
+
+
+def _task_stream() -> Stream:
+    exps = [_experience(i, [2 * i, 2 * i + 1]) for i in range(3)]
+    for e in exps:
+        e.task_label = e.index
+    return Stream("task", exps, 6, list(range(6)), None)
+
+
+def test_lwf_task_incremental_has_one_distillation_term_per_old_task_head():
+    """Li & Hoiem's multi-head loss: each old task's head gets its own softmax and KD term; one softmax over the union
+    of old classes (the class-incremental form) gives a different value and fails here."""
+    s = _task_stream()
+    torch.manual_seed(0)
+    m = LwF(TinyBackbone(), 6, partial(torch.optim.SGD, lr=0.1), alpha=1.5, temperature=2.0)
+    m.setup_stream(s)
+    for e in s.experiences[:2]:
+        m.on_experience_start(e)
+        m.on_experience_end(e, None)
+    x, y = s.experiences[2].train.tensors
+    with torch.no_grad():
+        old_logits = m(x).clone()
+        m.head.weight.mul_(1.7)
+        m.head.bias.add_(torch.tensor([0.5, -0.5, 1.0, 0.0, 0.0, 0.0]))
+    m.on_experience_start(s.experiences[2])
+    logits = m(x)
+    ce = F.cross_entropy(logits[:, 4:], y - 4)  # task-IL: CE over the current task's classes only
+
+    def kl(cols: slice) -> torch.Tensor:
+        p_old = F.softmax(old_logits[:, cols] / 2.0, dim=1)
+        return (p_old * (p_old.log() - F.log_softmax(logits[:, cols] / 2.0, dim=1))).sum(1).mean()
+
+    per_head = ce + 1.5 * 4.0 * (kl(slice(0, 2)) + kl(slice(2, 4)))
+    union = ce + 1.5 * 4.0 * kl(slice(0, 4))
+    assert abs(float((per_head - union).detach())) > 1e-3  # the two forms differ on this case
+    assert torch.allclose(m.compute_loss(x, y, (x, y)), per_head, atol=1e-6)
+    assert [g.nonzero().flatten().tolist() for g in m.distillation_groups()] == [[0, 1], [2, 3]]

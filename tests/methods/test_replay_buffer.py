@@ -36,6 +36,50 @@ def test_inclusion_frequency_is_capacity_over_n():
     assert abs(freq[:15].mean() - p) < 0.04 and abs(freq[-15:].mean() - p) < 0.04
 
 
+@pytest.mark.parametrize("capacity", [1, 3])
+def test_each_arrival_is_kept_with_probability_capacity_over_position_plus_one(capacity):
+    """Algorithm R: item n (0-based, n >= capacity) replaces a uniform slot with probability capacity / (n + 1). An
+    off-by-one in the draw (j ~ U{0..n-1} or U{0..n+1}) moves these probabilities by 0.15-0.5, i.e. > 20 sigma."""
+    seeds, positions = 4000, torch.arange(capacity, capacity + 6)
+    kept = torch.zeros(len(positions))
+    slot_counts = torch.zeros(capacity)
+    for seed in range(seeds):
+        slots = reservoir_slots(capacity, len(positions), capacity, seed)  # items capacity.. in one batch
+        kept += (slots >= 0).float()
+        slot_counts += torch.bincount(slots[slots >= 0], minlength=capacity).float()
+    p = capacity / (positions + 1).double()
+    sigma = (p * (1 - p) / seeds).sqrt()
+    assert ((kept / seeds - p).abs() <= 5 * sigma).all(), (kept / seeds, p)
+    share = slot_counts / slot_counts.sum()  # a replaced slot is uniform over the buffer
+    assert (share - 1 / capacity).abs().max() <= 5 * math.sqrt((1 / capacity) * (1 - 1 / capacity) / slot_counts.sum())
+
+
+@pytest.mark.parametrize("batch", [2, 5])
+def test_every_subset_is_equally_likely(batch):
+    """Capacity 2 over 5 items: each of the C(5, 2) = 10 kept pairs has probability 1/10 (Vitter's Algorithm R), fed
+    in batches of 2 or as one batch. With U{0..n+1} the pair {0, 1} would have probability 0.2, with U{0..n-1}
+    probability 0; the tolerance is 5 sigma = 0.034."""
+    seeds = 2000
+    counts: dict[tuple[int, ...], int] = {}
+    for seed in range(seeds):
+        buf = _fill(2, 5, batch=batch, seed=seed)
+        key = tuple(sorted(buf.y.tolist()))
+        counts[key] = counts.get(key, 0) + 1
+    assert len(counts) == 10
+    bound = 5 * math.sqrt(0.1 * 0.9 / seeds)
+    assert all(abs(c / seeds - 0.1) < bound for c in counts.values()), counts
+
+
+def test_a_request_larger_than_the_buffer_shrinks_to_its_items():
+    """As Mammoth's Buffer.get_data: min(n, stored) distinct items, never a repeated one."""
+    buf = ReservoirBuffer(10, (1,), seed=0)
+    ids = torch.arange(3)
+    buf.add(ids.float()[:, None], ids, 0)
+    s = buf.sample(8, generator=torch.Generator().manual_seed(0))
+    assert sorted(s.y.tolist()) == [0, 1, 2] and sorted(s.index.tolist()) == [0, 1, 2]
+    assert len(buf.sample(2).y.unique()) == 2
+
+
 def test_fills_before_replacing_and_stores_fields():
     buf = ReservoirBuffer(8, (2,), num_logits=3, seed=1)
     x = torch.arange(12.0).reshape(6, 2)

@@ -75,3 +75,44 @@ def test_bad_configs_name_the_key():
         _make(KFPF, k=0)
     with pytest.raises(ValueError, match="auto"):
         _make(KFPF, modules="auto")
+
+
+def test_er_replays_only_the_items_the_buffer_holds():
+    """With 3 items stored and replay_batch_size=6, the replay batch is those 3 items once each (Mammoth shrinks the
+    request), not 6 draws with repeats."""
+    m = _make(ER, buffer_size=8, replay_batch_size=6)
+    stored = torch.randn(3, 1, 8, 8)
+    m.buffer.add(stored, torch.tensor([0, 1, 0]), 0)
+    x, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 0, 1])
+    seen = []
+    m.forward = lambda inp: (seen.append(inp), torch.zeros(len(inp), 4, requires_grad=True))[1]
+    m.compute_loss(x, y, (x, y))
+    replayed = seen[0][4:]
+    assert len(replayed) == 3
+    assert sorted(float(r.sum()) for r in replayed) == sorted(float(s.sum()) for s in stored)
+
+
+def test_derpp_stores_each_items_logits_of_its_own_step_before_the_update():
+    """DER++ (Mammoth's der/derpp: ``buffer.add_data(..., logits=outputs.data)``) stores, for each stream item, the
+    unmasked logits the model gave that item in the forward pass of the step that offered it, i.e. before that
+    step's optimizer update. Post-update logits, masked logits or rows of other items would fail here."""
+    m = _make(DERPP, buffer_size=16, replay_batch_size=4, alpha=0.3, beta=0.5)
+    opt = torch.optim.SGD(m.trainable_parameters(), lr=0.5)
+    g = torch.Generator().manual_seed(0)
+    expected = []
+    for step in range(3):  # 12 items into a 16-slot buffer: item k lands in slot k
+        x, y = torch.randn(4, 1, 8, 8, generator=g), torch.tensor([0, 1, 0, 1])
+        with torch.no_grad():
+            before = m(x).clone()
+        loss = m.compute_loss(x, y, (x, y))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        m.on_train_batch_end(None, (x, y), step)
+        with torch.no_grad():
+            assert (m(x) - before).abs().max() > 1e-3  # the update moved this batch's logits
+        expected.append(before)
+    expected = torch.cat(expected)
+    assert len(m.buffer) == 12
+    assert torch.allclose(m.buffer.logits[:12], expected, atol=1e-5)
+    assert bool((m.buffer.logits[:12, 2:] > -1e3).all())  # classes not yet seen are stored unmasked
