@@ -74,19 +74,6 @@ def _shapes(obj: Any) -> Any:
     return obj
 
 
-def flop_free(hook: Callable[..., Any]) -> Callable[..., Any]:
-    """Marks a training hook that runs no op with a FLOP formula (no matmul, convolution or attention), e.g. a replay
-    buffer's update in ``on_train_batch_end``. The FLOP counter (:mod:`cl.callbacks.flops`) then need not watch the
-    lean loop's batch hooks. The mark is on the function, so a subclass that overrides the hook must mark it again."""
-    hook.flop_free = True  # type: ignore[attr-defined]
-    return hook
-
-
-def is_flop_free(owner: Any, hook_name: str) -> bool:
-    """Whether ``type(owner).<hook_name>`` is marked with :func:`flop_free`."""
-    return bool(getattr(getattr(type(owner), hook_name, None), "flop_free", False))
-
-
 def count_flops(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, int]:
     """``(fn(*args, **kwargs), FLOPs it spent)``."""
     with LightFlopCounter() as counter:

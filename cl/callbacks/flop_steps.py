@@ -1,7 +1,7 @@
 """Training-step fingerprints and the FLOPs counted for each, for the cached mode of the FLOP counter
 (:mod:`cl.callbacks.flops`, whose module docstring gives the rule): a step whose fingerprint was counted is not traced
 again. The fingerprint is the step's sequence of module calls (module, grad mode, argument shapes), recorded by a
-global module pre-hook, or the batch's structure alone for methods that declare ``step_flops_by_batch``."""
+global module pre-hook."""
 
 from __future__ import annotations
 
@@ -22,17 +22,16 @@ class StepCache:
         self._trace: list[tuple] = []
         self._hook: Any = None
 
-    def open_window(self, batch_key: Any, record: bool = True) -> bool:
-        """Start recording a step (its module calls, unless ``record`` is False: then the batch structure alone is
-        the fingerprint); True if it must be traced with the dispatch mode."""
+    def open_window(self, batch_key: Any) -> bool:
+        """Start recording a step (its module calls); True if it must be traced with the dispatch mode."""
         import torch
 
         self._key = batch_key
         expected = self.expected.get(batch_key)
         self.traced = expected is None or expected not in self.known or bool(self.pending)
         self.step_flops = 0
-        self._trace = [] if record else [("batch", batch_key)]
-        self._hook = torch.nn.modules.module.register_module_forward_pre_hook(self._record) if record else None
+        self._trace = []
+        self._hook = torch.nn.modules.module.register_module_forward_pre_hook(self._record)
         self.open = True
         return self.traced
 
@@ -41,8 +40,7 @@ class StepCache:
         if not self.open:
             return 0
         self.open = False
-        if self._hook is not None:
-            self._hook.remove()
+        self._hook.remove()
         fp = tuple(self._trace)
         self._trace = []
         self.expected[self._key] = fp
@@ -74,8 +72,3 @@ def structure(obj: Any, grad: bool = False) -> Any:
     if isinstance(obj, dict):
         return tuple((k, structure(v, grad)) for k, v in obj.items())
     return obj if isinstance(obj, _SCALARS) else type(obj).__name__
-
-
-def signature(module: Any) -> tuple:
-    """Identity and shape of every parameter of ``module``: a new or resized parameter invalidates carried counts."""
-    return tuple((name, id(p), tuple(p.shape), p.requires_grad) for name, p in module.named_parameters())

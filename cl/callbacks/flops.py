@@ -17,34 +17,24 @@ Two modes (``callbacks.flops.mode``), which give the same totals on every method
   step, backward and optimizer step) whose *fingerprint* was already counted in this ``fit`` is not traced again: its
   FLOPs are the counted ones. The fingerprint of a step is the sequence of module calls it makes (module, grad mode,
   the shapes and ``requires_grad`` of its positional tensor arguments, its scalar arguments), recorded by a global
-  module pre-hook that is cheap next to the dispatch mode (~3% of a small CNN's step); a method that declares
-  ``step_flops_by_batch`` (its steps' FLOPs follow from the batch's shapes within an experience: finetune, joint,
-  EWC) has the batch's structure as fingerprint and no hook. A step is traced in full when the fingerprint expected for
-  it is unknown: the first step of each batch shape in each ``fit``, and every step after a traced-free step whose
-  fingerprint turned out new (ER's first replay step: the replay batch changes the forward's input shape), until
-  that fingerprint has been traced once; the untraced steps that had it then get its count. Everything in ``fit``
-  outside training steps (method and callback hooks such as k-FPF's triggers in ``on_train_batch_end``, epoch hooks)
-  is traced in full as in ``full`` mode, except fetching batches from the data loader (no matmul FLOPs in data
-  loading; tracing every collate op was the largest cost), the optimizer's update (SGD/Adam/AdamW do no matmuls;
-  an optimizer that does, e.g. Shampoo, needs ``mode=full``), and, under the lean loop (``trainer=cpu``), the span
-  between steps when every ``on_train_batch_start``/``on_train_batch_end`` it calls is marked
-  :func:`cl.analysis.flops.flop_free` (the engine's logger, progress bar and this counter, ER's and the FPF
-  callback's buffer updates; not k-FPF's, whose triggers train): the lean loop runs nothing else there, so the
-  dispatch mode is not switched off and on twice per step (~1% of a small CNN's step). The rule assumes what holds
-  for every method here: a step's FLOPs are determined, within one experience, by its module calls and their input
-  shapes (no data-dependent shapes inside a module, e.g. MoE routing; no matmuls on data-dependent shapes outside
-  modules). A step whose fingerprint was never traced by the end of ``fit`` is reported in ``flops_untraced_steps``
-  (0 in every test). Counts carry over to the next experience's ``fit`` (so a step kind is traced once per run, not once
-  per experience: ~5 ms a traced step for the small CNN, 4-8% of the engine benchmark when every experience retraced)
-  when the method declares ``step_flops_stream_invariant`` (its steps' FLOPs follow from the fingerprint across
-  experiences too: true for the base class, false for the prompt methods, whose prompt components grow with the
-  experience inside one module call) and its parameters (identity and shape) are unchanged.
+  module pre-hook that is cheap next to the dispatch mode (~3% of a small CNN's step). A step is traced in full when
+  the fingerprint expected for it is unknown: the first step of each batch shape in each ``fit``, and every step after
+  a traced-free step whose fingerprint turned out new (ER's first replay step: the replay batch changes the forward's
+  input shape), until that fingerprint has been traced once; the untraced steps that had it then get its count.
+  Everything in ``fit`` outside training steps (method and callback hooks such as k-FPF's triggers in
+  ``on_train_batch_end``, epoch hooks) is traced in full as in ``full`` mode, except fetching batches from the data
+  loader (no matmul FLOPs in data loading; tracing every collate op was the largest cost) and the optimizer's update
+  (SGD/Adam/AdamW do no matmuls; an optimizer that does, e.g. Shampoo, needs ``mode=full``).
 
-Steps are found through the trainer's profiler actions (``run_training_batch``, ``*.train_dataloader_next``, the lean
-loop's ``[LeanTrainer].train_batches``); if a Lightning version renamed them, ``cached`` silently degrades to ``full``
-(same totals, slower). What still costs time in ``cached`` mode is each traced step (~2.5 ms more than the step
-itself for the small CNN, ~20 us per op through Python): the first step of each batch shape, so each experience's
-partial last batch.
+The rule is the counter's alone (a method declares nothing) and assumes what holds for every method here: within one
+``fit`` (one experience), a step's FLOPs are determined by its module calls and their input shapes (no data-dependent
+shapes inside a module, e.g. MoE routing; no matmuls on data-dependent shapes outside modules). Counts are not carried
+from one experience's ``fit`` to the next: an experience may change the work inside a module call without changing its
+inputs' shapes (the prompt methods' growing prompt components), so each kind of step is traced once per experience
+(~2.5 ms more than the step itself for the small CNN, ~20 us per op through Python). A step whose fingerprint was never
+traced by the end of ``fit`` is reported in ``flops_untraced_steps`` (0 in every test). Steps are found through the
+trainer's profiler actions (``run_training_batch``, ``*.train_dataloader_next``); if a Lightning version renamed them,
+``cached`` silently degrades to ``full`` (same totals, slower).
 
 Metrics (``metrics.json``): ``flops`` (total training FLOPs of the run so far), ``flops_fit`` (inside ``fit``),
 ``params_updated`` (the largest number of parameters the Lightning optimizer updated at one step), and
@@ -59,14 +49,11 @@ from typing import Any
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
-from cl.analysis.flops import flop_free, is_flop_free
-from cl.callbacks.flop_steps import StepCache, signature, structure
+from cl.callbacks.flop_steps import StepCache, structure
 
 MODES = ("cached", "full")
 STEP_ACTION = "run_training_batch"
 FETCH_SUFFIX = "train_dataloader_next"
-BATCHES_ACTION = "[LeanTrainer].train_batches"  # the lean loop's batch loop of one epoch (cl/engine/lean.py)
-BATCH_HOOKS = ("on_train_batch_start", "on_train_batch_end")
 
 
 class FlopCounter(Callback):
@@ -89,11 +76,6 @@ class FlopCounter(Callback):
         self._cache: StepCache | None = None
         self._world = 1
         self._batch_key: Any = None
-        self._carry: tuple[Any, StepCache] | None = None  # (model signature, cache) of the last fit
-        self._signature: Any = None
-        self._by_batch = False  # the method declares step_flops_by_batch: no module-call fingerprint
-        self._quiet_batches = False  # the lean loop's batch hooks are all flop-free: no base mode between steps
-        self._in_batches = False
 
     # ------------------------------------------------------------------------------------------- dispatch modes
     def _enter(self) -> Any:
@@ -117,7 +99,7 @@ class FlopCounter(Callback):
             self._add(self._exit(base))
 
     def _resume_base(self) -> None:
-        if self._base is None and not self._in_batches:
+        if self._base is None:
             self._base = self._enter()
 
     # ------------------------------------------------------------------------------------------- lightning hooks
@@ -127,21 +109,11 @@ class FlopCounter(Callback):
         self._world = _world_size()
         self._auto_opt = bool(pl_module.automatic_optimization)
         if self.mode == "cached":
-            params = signature(pl_module)
-            carry = self._carry if getattr(pl_module, "step_flops_stream_invariant", False) else None
-            self._cache = carry[1] if carry is not None and carry[0] == params else StepCache()
-            self._carry, self._signature = None, params
+            self._cache = StepCache()  # counts of this fit only (see the module docstring)
             self._batch_key = None
-            self._by_batch = bool(getattr(pl_module, "step_flops_by_batch", False))
-            owners = getattr(trainer, "hook_owners", None)  # the lean loop names who runs its batch hooks
-            self._quiet_batches = owners is not None and all(
-                is_flop_free(owner, name) for name in BATCH_HOOKS for owner in owners.get(name, ())
-            )
-            self._in_batches = False
             self._patch_profiler(trainer.profiler)
         self._resume_base()
 
-    @flop_free
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         if self._profiler is not None:
             self._batch_key = structure(batch)
@@ -156,7 +128,6 @@ class FlopCounter(Callback):
 
     def _stop(self) -> None:
         self._unpatch_profiler()
-        self._in_batches = False
         cache = getattr(self, "_cache", None)
         if cache is not None and cache.open:  # an exception inside a step: count what ran
             self._close_step(resume=False)
@@ -168,8 +139,6 @@ class FlopCounter(Callback):
                     f"FlopCounter: {untraced} training steps whose fingerprint was never traced are not counted"
                 )
             self.untraced_steps += untraced
-            cache.pending.clear()
-            self._carry = (self._signature, cache)  # the next fit may reuse the counts (see the module docstring)
             self._cache = None
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
@@ -189,16 +158,11 @@ class FlopCounter(Callback):
                 self._open_step()
             elif action_name.endswith(FETCH_SUFFIX) and not self._cache.open:
                 self._pause_base()
-            elif action_name == BATCHES_ACTION and self._quiet_batches:
-                self._in_batches = True  # the base mode stays off until the batch loop ends
 
         def _stop(action_name: str) -> None:
             if action_name == STEP_ACTION:
                 self._close_step()
             elif action_name.endswith(FETCH_SUFFIX) and not self._cache.open:
-                self._resume_base()
-            elif action_name == BATCHES_ACTION and self._in_batches:
-                self._in_batches = False
                 self._resume_base()
             stop(action_name)
 
@@ -216,7 +180,7 @@ class FlopCounter(Callback):
 
     def _open_step(self) -> None:
         self._pause_base()
-        if self._cache.open_window(self._batch_key, record=not self._by_batch):
+        if self._cache.open_window(self._batch_key):
             self._step = self._enter()
             self.traced_steps += 1
 

@@ -24,7 +24,6 @@ from typing import Any
 
 from lightning.pytorch.callbacks import Callback
 
-from cl.analysis.flops import flop_free
 from cl.analysis.sensitivity import SensitivityTracker
 from cl.modules.buffer import ReservoirBuffer
 from cl.modules.fpf import FPFOptions, fpf_finetune
@@ -81,7 +80,6 @@ class FPFCallback(Callback):
         if self.tracker is not None and self.tracker.prev is None:
             self.tracker.record(pl_module, -1)
 
-    @flop_free
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.method_buffer(pl_module) is not None:
             return

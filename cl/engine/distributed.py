@@ -178,16 +178,9 @@ def _num_devices(devices: Any) -> int:
 
 def check_distributed_config(cfg: Any, multirun: bool) -> None:
     """Refuse, before training, the multi-process setups the engine cannot run correctly (raises ``ValueError``
-    naming the config key): settings the lean loop cannot run (``trainer=cpu``: one process), spawn/fork strategies
-    (their state would not return to the main process between experiences), a global batch that does not divide, and a
-    Hydra multirun whose ranks nothing would start."""
+    naming the config key): spawn/fork strategies (their state would not return to the main process between
+    experiences), a global batch that does not divide, and a Hydra multirun whose ranks nothing would start."""
     trainer = cfg.trainer
-    from cl.engine.trainer import is_lean
-
-    if is_lean(trainer):  # the engine's lean loop: one process on one device (cl/engine/lean.py)
-        from cl.engine.lean import check_config
-
-        check_config(trainer)
     name = _strategy_name(trainer.get("strategy"))
     world = _num_devices(trainer.get("devices", 1)) * int(trainer.get("num_nodes", 1) or 1)
     if any(s in name.lower() for s in _SPAWNING):

@@ -204,12 +204,12 @@ class StreamRunner:
         seed_everything(int(self.cfg.seed) + t, verbose=False)
         exp = self.stream.experiences[t]
         self.method.on_experience_start(exp)
+        start, cpu_start = time.perf_counter(), time.process_time()  # train_seconds include building the Trainer
+        measured = self.measurement_seconds()
         trainer = make_trainer(
             self.cfg.trainer, self.cfg.get("logger"), self.run_dir, t, len(self.stream), list(self.callbacks.values())
         )
         loader = self.train_loader(self.method.train_dataset(exp, self.stream), t, world_size_of(trainer))
-        start, cpu_start = time.perf_counter(), time.process_time()
-        measured = self.measurement_seconds()
         try:
             trainer.fit(self.method, train_dataloaders=loader)
         except SIGTERMException as err:

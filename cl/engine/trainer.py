@@ -6,23 +6,26 @@ costs about 1 ms per call on CPU (its result collection copies its metadata on e
 training step, while the loss is already in the step's output. Rows go to every logger of the trainer every
 ``trainer.log_every_n_steps`` steps (the CSV logger writes them to disk every 100 steps and at the end of ``fit``),
 with the same ``step`` and ``epoch`` columns Lightning's own step logging writes; the progress bar shows the loss.
+
+Cost of a Trainer per experience: :func:`make_trainer` builds it from the config's plain values (``get_class`` and a
+call; Hydra's ``instantiate`` merges and deep-copies the config node first, ~6 ms a Trainer). What remains is
+Lightning's own ``Trainer.__init__`` (~13 ms on the 2-core CI machine, half of it the scan of installed packages' entry
+points for external callback factories, ``lightning.fabric.utilities.registry._load_external_callbacks``), next to
+seconds of training per experience; measured in experiments/bench/stream_overhead.py.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
-from omegaconf import DictConfig
-
-from cl.analysis.flops import flop_free
-
-LEAN_TARGET = "cl.engine.lean.LeanTrainer"
+from omegaconf import DictConfig, OmegaConf
 
 
 def step_loss(outputs: Any) -> torch.Tensor | None:
@@ -35,7 +38,6 @@ class StepLossLogger(Callback):
     """Logs ``train/loss`` of every ``trainer.log_every_n_steps``-th training step to the trainer's loggers, with the
     other tensors of the step's output (``ContinualMethod.step_metrics``, e.g. ``train/prompt_loss``)."""
 
-    @flop_free
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if not trainer.loggers or trainer.global_step % max(1, int(trainer.log_every_n_steps)):
             return
@@ -64,7 +66,6 @@ class ExperienceProgressBar(TQDMProgressBar):
         super().on_train_epoch_start(trainer, *args)
         self.train_progress_bar.set_description(f"{self.label} · epoch {trainer.current_epoch}")
 
-    @flop_free
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._loss = step_loss(outputs)
         now = time.monotonic()
@@ -98,29 +99,37 @@ def make_trainer(
     num_experiences: int,
     extra_callbacks: list[Any] | None = None,
 ) -> Any:
-    """Instantiate ``trainer_cfg`` for one experience (logger version ``exp_{t}`` under ``run_dir/logs``): Lightning's
-    ``Trainer`` or the engine's lean loop (``_target_: cl.engine.lean.LeanTrainer``, which draws its own bar)."""
+    """Instantiate ``trainer_cfg`` (Lightning's ``Trainer``) for one experience, logger version ``exp_{t}`` under
+    ``run_dir/logs``."""
+    quiet_lightning_notices()
     logger: Any = False
     callbacks = list(extra_callbacks or [])
     if logger_cfg is not None and logger_cfg.get("_target_"):
-        logger = instantiate(logger_cfg, save_dir=str(run_dir), name="logs", version=f"exp_{experience}")
+        logger = build(logger_cfg, save_dir=str(run_dir), name="logs", version=f"exp_{experience}")
         callbacks.append(StepLossLogger())
-    extra: dict[str, Any] = {}
-    if is_lean(trainer_cfg):
-        extra["progress_label"] = f"exp {experience + 1}/{num_experiences}"
-    elif trainer_cfg.get("enable_progress_bar", True):
+    if trainer_cfg.get("enable_progress_bar", True):
         callbacks.append(ExperienceProgressBar(experience, num_experiences))
     # the engine shards the training data itself (cl/engine/distributed.py), identically for any number of processes
-    return instantiate(
-        trainer_cfg,
-        logger=logger,
-        callbacks=callbacks,
-        default_root_dir=str(run_dir),
-        use_distributed_sampler=False,
-        **extra,
+    return build(
+        trainer_cfg, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir), use_distributed_sampler=False
     )
 
 
-def is_lean(trainer_cfg: DictConfig) -> bool:
-    """Whether ``trainer_cfg`` selects the engine's lean loop (cl/engine/lean.py) rather than Lightning's Trainer."""
-    return str(trainer_cfg.get("_target_", "")) == LEAN_TARGET
+def quiet_lightning_notices() -> None:
+    """Lightning's informational notices ("GPU available: ...", "`Trainer.fit` stopped: ...", tips) would repeat at
+    every experience's Trainer: show its warnings only, unless the user set that logger's level."""
+    notices = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if notices.level == logging.NOTSET:
+        notices.setLevel(logging.WARNING)
+
+
+def build(node: DictConfig | Mapping[str, Any], **kwargs: Any) -> Any:
+    """``instantiate(node, **kwargs)`` for a flat ``_target_`` node, without Hydra's merge and deep copy of the node:
+    the target class called with the node's resolved values (a nested ``_target_`` value, e.g. ``trainer.strategy``,
+    goes through ``instantiate``)."""
+    settings = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
+    target = get_class(str(settings.pop("_target_")))
+    for key, value in settings.items():
+        if isinstance(value, dict) and "_target_" in value:
+            settings[key] = instantiate(value)
+    return target(**settings, **kwargs)

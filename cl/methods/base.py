@@ -37,16 +37,6 @@ class ContinualMethod(L.LightningModule):
     """A backbone, a linear head over all classes, masks, and the per-experience hooks."""
 
     SCENARIOS: ClassVar[tuple[str, ...]] = ("class", "task", "domain")
-    # The FLOP counter (cl/callbacks/flops.py, mode cached) may reuse a training step's count from an earlier
-    # experience when the step's fingerprint (module calls and their input shapes) recurs. True when that fingerprint
-    # determines the step's FLOPs across the whole stream; set False where an experience changes the work inside a
-    # module call without changing its inputs' shapes (the prompt methods' growing prompt components).
-    step_flops_stream_invariant: ClassVar[bool] = True
-    # True when, within one experience, a training step's FLOPs follow from the shapes of its batch alone (no replay
-    # batch, no work that depends on the method's state changing during the experience): the counter then skips its
-    # per-step module-call fingerprint (a global module hook, ~3% of a small CNN's step). False (the safe default)
-    # keeps the fingerprint; a subclass must declare it again.
-    step_flops_by_batch: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -24,7 +24,6 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from cl.analysis.flops import flop_free
 from cl.methods.base import ContinualMethod
 from cl.modules.buffer import ReservoirBuffer
 
@@ -71,7 +70,6 @@ class ER(ContinualMethod):
         self._stream_logits = logits[: len(y)].detach()
         return F.cross_entropy(self.apply_mask(logits, self.train_logit_mask()), torch.cat([y, r.y.to(y)]))
 
-    @flop_free
     def on_train_batch_end(self, outputs: Any, batch: Sequence[Any], batch_idx: int) -> None:
         logits = self._stream_logits if self.buffer.stores_logits else None
         self.buffer.add(batch[0].detach(), batch[1].detach(), self.experience_index, logits)

@@ -33,8 +33,6 @@ def _buffer_name(kind: str, param_name: str) -> str:
 class EWC(ContinualMethod):
     """Online EWC with an exact (per-sample) Fisher diagonal by default."""
 
-    step_flops_by_batch = True  # the penalty is element-wise: a step's FLOPs follow from its batch (cl/methods/base.py)
-
     def __init__(
         self,
         *args: Any,

@@ -8,5 +8,3 @@ from cl.methods.base import ContinualMethod
 
 class Finetune(ContinualMethod):
     """Sequential fine-tuning (lower bound)."""
-
-    step_flops_by_batch = True  # a step's FLOPs follow from its batch's shapes (cl/methods/base.py)

@@ -12,7 +12,5 @@ from cl.methods.base import ContinualMethod
 class Joint(ContinualMethod):
     """Joint training on every experience seen so far (upper bound)."""
 
-    step_flops_by_batch = True  # a step's FLOPs follow from its batch's shapes (cl/methods/base.py)
-
     def train_dataset(self, experience: Experience, stream: Stream) -> Dataset:
         return ConcatDataset([e.train for e in stream.experiences[: experience.index + 1]])

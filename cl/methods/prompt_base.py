@@ -31,7 +31,6 @@ class PromptMethod(ContinualMethod):
     """A frozen ViT with prompts in ``prompt_layers`` chosen from the query; subclasses build ``self.prompt``."""
 
     SCENARIOS = ("class", "task", "domain")
-    step_flops_stream_invariant = False  # the prompt components in use grow with the experience (cl/methods/base.py)
 
     def __init__(
         self,

@@ -56,26 +56,26 @@ CNN = ["backbone=cnn_small"]
 
 
 @pytest.mark.parametrize(
-    "overrides, max_traced",
+    "overrides, traced",
     [
-        # whole digits stream, 5 batches of 64 per experience (the last one partial): the full batch is traced once
-        # (counts carry over experiences), each experience's partial batch once (was 2 per experience)
-        (["method=finetune", *CNN, "trainer.limit_train_batches=null", "data.batch_size=64"], 6),
-        # ER: the first step of the run has no replay, the second does (a new fingerprint, resolved by the third)
-        # (was 7, before counts carried over experiences)
-        (["method=er", *CNN], 3),
-        (["method=derpp", *CNN], 3),
-        # k-FPF: triggers (FPF on the buffer) run in on_train_batch_end, outside the cached steps (was 5)
-        (["method=k_fpf", "method.k=4", "method.fpf_iterations=2"], 1),
-        # step_flops_by_batch (no module-call fingerprint): the penalty from experience 1 on is element-wise (0 FLOPs)
-        (["method=ewc", *CNN, "method.fisher_max_batches=1"], 2),
-        (["method=joint", *CNN], 2),
-        # LwF's distillation forward starts at experience 1 (module-call fingerprint: its steps are new ones)
-        (["method=lwf", *CNN], 3),
+        # whole digits stream, 5 batches of 64 per experience (the last one partial): the full batch and the partial
+        # one are traced once in each experience's fit (counts are not carried over experiences)
+        (["method=finetune", *CNN, "trainer.limit_train_batches=null", "data.batch_size=64"], 10),
+        # ER: the first step of the run has no replay, the second does (a new fingerprint, resolved by the third);
+        # from experience 1 on every step replays: one traced step per experience
+        (["method=er", *CNN], 6),
+        (["method=derpp", *CNN], 6),
+        # k-FPF: triggers (FPF on the buffer) run in on_train_batch_end, outside the cached steps
+        (["method=k_fpf", "method.k=4", "method.fpf_iterations=2"], 5),
+        # EWC's penalty from experience 1 on is element-wise (0 FLOPs)
+        (["method=ewc", *CNN, "method.fisher_max_batches=1"], 5),
+        (["method=joint", *CNN], 5),
+        # LwF's distillation forward starts at experience 1
+        (["method=lwf", *CNN], 5),
     ],
     ids=["finetune", "er", "derpp", "k_fpf", "ewc", "joint", "lwf"],
 )
-def test_cached_count_equals_full_count(overrides, max_traced, tmp_path):
+def test_cached_count_equals_full_count(overrides, traced, tmp_path):
     torch.set_num_threads(1)
     full, m_full = _engine_flops(overrides, tmp_path, "full")
     cached, m_cached = _engine_flops(overrides, tmp_path, "cached")
@@ -83,7 +83,7 @@ def test_cached_count_equals_full_count(overrides, max_traced, tmp_path):
     assert m_cached["flops"] == m_full["flops"]
     assert m_cached["flops_untraced_steps"] == 0
     assert m_cached["param_updates"] == m_full["param_updates"]
-    assert 1 <= cached.traced_steps <= max_traced, cached.traced_steps  # counts carry over experiences (base methods)
+    assert cached.traced_steps == traced  # each kind of step once per experience (3 steps of 32 per experience)
     if "method=k_fpf" in overrides:
         assert m_cached["fpf_triggers"] == 4 and m_cached["flops"] > m_cached["fpf_flops"] > 0
 
@@ -130,14 +130,10 @@ class _Tiny:
     """A LightningModule with one linear layer whose ``on_train_batch_end`` does one extra forward (a matmul)."""
 
     @staticmethod
-    def make(mark_hook: bool, by_batch: bool = False):
+    def make():
         import lightning as L
 
-        from cl.analysis.flops import flop_free
-
         class Tiny(L.LightningModule):
-            step_flops_by_batch = by_batch
-
             def __init__(self):
                 super().__init__()
                 self.lin = torch.nn.Linear(4, 3)
@@ -152,72 +148,66 @@ class _Tiny:
             def configure_optimizers(self):
                 return torch.optim.SGD(self.parameters(), lr=0.1)
 
-        if mark_hook:
-            Tiny.on_train_batch_end = flop_free(Tiny.on_train_batch_end)
         return Tiny()
 
 
-def _lean_fit(module, mode):
-    from cl.callbacks.flops import FlopCounter
-    from cl.engine.lean import LeanTrainer
+def _fit(module, counter, data, max_epochs=2, batch_size=8):
+    import lightning as L
 
-    counter = FlopCounter(mode=mode)
-    data = torch.utils.data.TensorDataset(torch.randn(44, 4))  # 5 batches of 8 and one of 4, two epochs
-    trainer = LeanTrainer(max_epochs=2, enable_progress_bar=False, callbacks=[counter])
-    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=8))
+    trainer = L.Trainer(
+        max_epochs=max_epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[counter],
+    )  # fmt: skip
+    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=batch_size))
     return counter
 
 
-def test_lean_loop_counts_work_in_batch_hooks_unless_marked_flop_free():
-    """Between steps the lean loop runs only its batch hooks: the counter watches them unless every one is marked
-    ``flop_free``; the mark is trusted (a marked hook's matmul goes uncounted, which is why the marks are per function
-    and only on hooks that do none)."""
+def test_work_in_batch_hooks_is_counted_and_steps_traced_once_per_shape():
+    """Between steps (batch hooks) every op is watched; a step is traced once per batch shape in a fit."""
+    from cl.callbacks.flops import FlopCounter
+
     per_row = 2 * 4 * 3  # one row through lin: 2 * in * out
     steps_flops = 2 * 2 * 44 * per_row  # two epochs of forward + weight gradient (the input needs no gradient)
     hook_flops = 2 * 44 * per_row  # the extra forward in on_train_batch_end
+    data = torch.utils.data.TensorDataset(torch.randn(44, 4))  # 5 batches of 8 and one of 4, two epochs
     for mode in ("full", "cached"):
-        counter = _lean_fit(_Tiny.make(mark_hook=False), mode)
+        counter = _fit(_Tiny.make(), FlopCounter(mode=mode), data)
         assert counter.report_metrics()["flops"] == steps_flops + hook_flops, mode
-        assert not counter._quiet_batches
-    quiet = _lean_fit(_Tiny.make(mark_hook=True), "cached")
-    assert quiet._quiet_batches
-    assert quiet.report_metrics()["flops"] == steps_flops
-    assert quiet.traced_steps == 2  # the batch of 8 and the last batch of 4, once each (counts carry over epochs)
+    assert counter.traced_steps == 2  # the batch of 8 and the last batch of 4, once each (counts carry over epochs)
 
 
-def test_by_batch_fingerprint_skips_the_module_hook_and_counts_the_same(monkeypatch):
-    registered = []
-    register = torch.nn.modules.module.register_module_forward_pre_hook
-    monkeypatch.setattr(
-        torch.nn.modules.module, "register_module_forward_pre_hook", lambda f: registered.append(f) or register(f)
-    )
-    counted = {}
-    for by_batch in (False, True):
-        registered.clear()
-        counter = _lean_fit(_Tiny.make(mark_hook=True, by_batch=by_batch), "cached")
-        counted[by_batch] = counter.report_metrics()["flops"]
-        assert counter.traced_steps == 2
-        assert len(registered) == (0 if by_batch else 12)  # one module-call recorder per step otherwise
-    assert counted[True] == counted[False] > 0
+def test_counts_are_not_carried_over_experiences():
+    """Two fits of a module whose step does more work in the second fit at the same shapes (as the prompt methods'
+    components grow with the experience inside one module call): the cached count equals the full count, because each
+    fit traces its own steps; a counter that reused the first fit's counts would miss the second fit's extra work."""
+    import lightning as L
 
+    from cl.callbacks.flops import FlopCounter
 
-def test_flop_free_mark_is_per_function():
-    from cl.analysis.flops import flop_free, is_flop_free
+    class Growing(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(4, 6))
+            self.register_buffer("used", torch.tensor(2))  # columns of w in use: grows between fits
 
-    class A:
-        @flop_free
-        def on_train_batch_end(self):
-            pass
+        def training_step(self, batch, batch_idx):
+            return (batch[0] @ self.w[:, : int(self.used)]).square().mean()
 
-    class B(A):
-        def on_train_batch_end(self):  # an override does other work: not marked
-            pass
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
 
-    class C(A):
-        pass
-
-    assert is_flop_free(A(), "on_train_batch_end") and is_flop_free(C(), "on_train_batch_end")
-    assert not is_flop_free(B(), "on_train_batch_end") and not is_flop_free(A(), "on_train_batch_start")
+    data = torch.utils.data.TensorDataset(torch.randn(32, 4))
+    totals, traced = {}, {}
+    for mode in ("full", "cached"):
+        counter, module = FlopCounter(mode=mode), Growing()
+        for used in (2, 6):  # two experiences: two fits of the same module, the counter kept
+            module.used.fill_(used)
+            _fit(module, counter, data, max_epochs=1)
+        totals[mode], traced[mode] = counter.report_metrics(), counter.traced_steps
+    matmul = 2 * 8 * 4  # 2 * batch * in, per output column: forward, and the weight gradient as much again
+    assert totals["full"]["flops"] == 4 * 2 * matmul * (2 + 6)  # 4 steps per fit
+    assert totals["cached"]["flops"] == totals["full"]["flops"]
+    assert totals["cached"]["flops_untraced_steps"] == 0 and traced["cached"] == 2  # one traced step per fit
 
 
 def test_bad_mode_names_the_key():

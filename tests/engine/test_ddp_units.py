@@ -128,16 +128,16 @@ def test_requeue_calls_scontrol_with_the_job_or_array_task(monkeypatch, tmp_path
 
 @pytest.mark.parametrize(("name", "world"), [("ddp_cpu", 2), ("lightning", 1), ("cpu", 1)])
 def test_trainer_configs_build_the_intended_trainer(make_cfg, tmp_path: Path, name: str, world: int) -> None:
+    import lightning as L
+
     from cl.engine.distributed import world_size_of
-    from cl.engine.lean import LeanTrainer
     from cl.engine.trainer import make_trainer
 
     cfg = make_cfg(f"trainer={name}", "logger=none")
     trainer = make_trainer(cfg.trainer, None, tmp_path, 0, 5)
     assert world_size_of(trainer) == world
-    assert isinstance(trainer, LeanTrainer) == (name == "cpu")  # the default CPU trainer is the engine's lean loop
-    if name != "cpu":
-        assert trainer._accelerator_connector.use_distributed_sampler is False  # the engine shards (identical order)
+    assert type(trainer) is L.Trainer  # one trainer on every device
+    assert trainer._accelerator_connector.use_distributed_sampler is False  # the engine shards (identical order)
     assert trainer.max_epochs == 1  # the shrunk test config applies to ddp configs too
     gpu = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "trainer" / "ddp.yaml")
     assert gpu.strategy._target_ == "cl.engine.ddp_strategy.DDPStrategy" and gpu.accelerator == "gpu"
