@@ -17,6 +17,7 @@ setup(
         "hydra-core>=1.3",
         "timm>=1.0",
         "peft>=0.10",
+        "transformers>=4.40",
         "torchmetrics>=1.0",
         "avalanche-lib>=0.6",
         "hydra-submitit-launcher>=1.2",
