@@ -14,8 +14,11 @@ from cl.modules.lora import linear_targets
 def test_vit_b_presets_match_the_coda_protocol_and_stop_on_missing_data(make_cfg, tmp_path, dataset):
     cfg = make_cfg(f"experiment=reglora_{dataset}", f"paths.data_dir={tmp_path / 'no_data'}", shrink=False)
     coda = make_cfg(f"experiment=coda_{dataset}", shrink=False)
-    for key in ("data.name", "data.batch_size", "data.image_size", "scenario.n_experiences", "trainer.max_epochs"):
-        assert cfg[key.split(".")[0]][key.split(".")[1]] == coda[key.split(".")[0]][key.split(".")[1]], key
+    same = ("data.name", "data.batch_size", "data.image_size", "trainer.max_epochs", "backbone.name", "backbone.weights")
+    same += ("scenario.n_experiences", "scenario.class_order_rule", "scenario.class_order_seed")
+    for key in same:
+        group, name = key.split(".")
+        assert cfg[group][name] == coda[group][name], key
     assert cfg.method.optimizer.lr == coda.method.optimizer.lr and cfg.method.mask_past_in_training
     assert cfg.method.top_percent == 2.0 and cfg.method.reg_weight == 2.5e3 and cfg.trainer.precision == "bf16-mixed"
     with pytest.raises(ConfigurationError, match="no_data"):
