@@ -41,7 +41,9 @@ def test_digits_preset_trains_two_experiences_and_resumes_the_positions(make_cfg
     from cl.engine.checkpoint import load_checkpoint, load_method_state
     from cl.engine.loop import StreamRunner
 
-    cfg = make_cfg("experiment=reglora_digits", f"method={method}", "callbacks.flops=null", "logger=none")
+    # 3 batches per experience here: lr 0.01 so that they learn something
+    overrides = ["callbacks.flops=null", "logger=none", "method.optimizer.lr=0.01"]
+    cfg = make_cfg("experiment=reglora_digits", f"method={method}", *overrides)
     stream, model = build(cfg)
     runner = StreamRunner(cfg, model, stream, tmp_path / "run")
     runner.run_experience(0)
