@@ -26,6 +26,7 @@ setup(
         "rich>=13",
         "pyyaml>=6",
         "pillow>=9",
+        "h5py>=3.8",
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-timeout>=2.2", "ruff>=0.5"],

@@ -1,0 +1,146 @@
+"""Grouped double attention (GDAT) of CoMEL and the full self-attention it replaces.
+
+Lee et al., "Continual Multiple Instance Learning with Enhanced Localization for Histopathological Whole Slide Image
+Analysis", ICCV 2025 (arXiv 2507.02395); reference code github Hyun1A/CoMEL @9fd6679,
+``continual/modules/cl_modules/cdatmil_owlora.py`` (``CDATAttention``).
+
+For a bag of L instance tokens X (L x C): pad X into an H x H grid, H = ceil(sqrt L) rounded up to a multiple of the
+region size s (16), cut the grid into (H/s)^2 regions of s x s and form A = s^2 group ("agent") tokens, agent p the
+mean of the tokens at intra-region position p over all regions. With q, k, v = qkv(X) and q_A, k_A = qkv(A) per head:
+
+    V_A = softmax(q_A k^T / sqrt(d)) v                  (agents attend over all instances)
+    out = softmax(q k_A^T / sqrt(d)) V_A + 0.1 v        (instances attend over the agents)
+
+then the output projection: O(L * A) time and memory instead of O(L^2). Bags of fewer than 10 instances use one region
+of the even-rounded grid (agents = tokens), as the reference.
+
+Read against the reference (decisions, see also the issue's list):
+
+* ``padding="masked"`` (default): the zero tokens that fill the grid are excluded from the agent means (each agent
+  averages its real tokens only), are not keys of the agents' softmax, and agents that hold no real token are not keys
+  of the instances' softmax. The reference (``padding="reference"``) averages the zeros into the agents and lets the
+  agents attend to the padding (whose key is the qkv bias), so a bag's output depends on how much padding its size
+  needs; we take that as a defect and keep it as an option.
+* The reference's learnable scalar biases ``an_bias``/``na_bias`` are constant along the softmax axis, so they cancel
+  in the softmax and have no effect on any output or gradient: not built. ``v_proj`` and ``pool`` are built but unused
+  in the reference's forward: not built (their LoRA adapters in the reference only ever receive the orthogonality
+  penalty's gradient).
+* Bags of 10-256 instances are one 16 x 16 region, so each agent is a single token (grouping starts above 256
+  instances): that is the method (the grid geometry), kept.
+* The reference averages the regions over the batch dimension too (it assumes one bag per batch); here each bag has
+  its own agents.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PADDING_MODES = ("masked", "reference")
+MIN_REGION_TOKENS = 10  # the reference's min_region_num: smaller bags are one region of the whole grid
+
+
+def grid_geometry(n_tokens: int, region_size: int) -> tuple[int, int]:
+    """``(side H of the padded square grid, region size)`` for ``n_tokens`` tokens, as the reference computes them."""
+    side = math.ceil(math.sqrt(n_tokens))
+    if n_tokens < MIN_REGION_TOKENS:
+        side += side % 2
+        return side, side
+    side += -side % region_size
+    return side, region_size
+
+
+def group_agents(
+    x: torch.Tensor, region_size: int, padding: str = "masked"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Pad ``x`` (B, L, C) into the grid and form the agents.
+
+    :return: ``(x_grid (B, H*H, C), grid_valid (B, H*H) bool, agents (B, s*s, C), region_size s)``; with
+        ``padding="masked"`` an agent is the mean of its real tokens (zero if it has none), with ``"reference"`` the
+        mean over all regions, padding zeros included.
+    """
+    B, L, C = x.shape
+    side, rs = grid_geometry(L, region_size)
+    pad = side * side - L
+    x_grid = F.pad(x, (0, 0, 0, pad))
+    valid = torch.arange(side * side, device=x.device).expand(B, -1) < L
+    regions = x_grid.view(B, side // rs, rs, side // rs, rs, C).permute(0, 1, 3, 2, 4, 5).reshape(B, -1, rs * rs, C)
+    if padding == "reference":
+        return x_grid, valid, regions.mean(dim=1), rs
+    v = valid.view(B, side // rs, rs, side // rs, rs).permute(0, 1, 3, 2, 4).reshape(B, -1, rs * rs, 1).to(x.dtype)
+    agents = (regions * v).sum(dim=1) / v.sum(dim=1).clamp(min=1.0)
+    return x_grid, valid, agents, rs
+
+
+def agent_valid(grid_valid: torch.Tensor, side: int, rs: int) -> torch.Tensor:
+    """(B, s*s) bool: the agents that hold at least one real token."""
+    B = grid_valid.shape[0]
+    v = grid_valid.view(B, side // rs, rs, side // rs, rs).permute(0, 1, 3, 2, 4).reshape(B, -1, rs * rs)
+    return v.any(dim=1)
+
+
+class GroupedDoubleAttention(nn.Module):
+    """GDAT attention (the reference's ``CDATAttention``); see the module docstring."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = True,
+        proj_drop: float = 0.0,
+        region_size: int = 16,
+        padding: str = "masked",
+        value_residual: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if padding not in PADDING_MODES:
+            raise ValueError(f"backbone.padding={padding!r}; allowed: {list(PADDING_MODES)}")
+        if dim % num_heads:
+            raise ValueError(f"backbone.dim={dim} is not divisible by backbone.num_heads={num_heads}")
+        self.num_heads, self.scale = num_heads, (dim // num_heads) ** -0.5
+        self.region_size, self.padding, self.value_residual = region_size, padding, value_residual
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        B, n, C = t.shape
+        return t.view(B, n, self.num_heads, C // self.num_heads).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, C = x.shape
+        x_grid, valid, agents, rs = group_agents(x, self.region_size, self.padding)
+        side = int(math.isqrt(x_grid.shape[1]))
+        q, k, v = (self._heads(t) for t in self.qkv(x_grid).chunk(3, dim=-1))
+        qa, ka, _ = (self._heads(t) for t in self.qkv(agents).chunk(3, dim=-1))
+        agent_logits = (qa * self.scale) @ k.transpose(-2, -1)  # B, h, A, H*H
+        inst_logits = (q * self.scale) @ ka.transpose(-2, -1)  # B, h, H*H, A
+        if self.padding == "masked":
+            low = torch.finfo(x.dtype).min
+            agent_logits = agent_logits.masked_fill(~valid[:, None, None, :], low)
+            inst_logits = inst_logits.masked_fill(~agent_valid(valid, side, rs)[:, None, None, :], low)
+        agent_v = agent_logits.softmax(dim=-1) @ v
+        out = inst_logits.softmax(dim=-1) @ agent_v + self.value_residual * v
+        out = out.transpose(1, 2).reshape(B, -1, C)[:, :L]
+        return self.proj_drop(self.proj(out))
+
+
+class FullSelfAttention(nn.Module):
+    """Multi-head self-attention over all L tokens, softmax(q k^T / sqrt(d)) v materialised (O(L^2) memory), as a
+    TransMIL-like transformer MIL computes it; the baseline of ``experiments/bench/mil_scaling.py``."""
+
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True, proj_drop: float = 0.0, **_: object):
+        super().__init__()
+        self.num_heads, self.scale = num_heads, (dim // num_heads) ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, C = x.shape
+        q, k, v = (t.view(B, L, self.num_heads, -1).transpose(1, 2) for t in self.qkv(x).chunk(3, dim=-1))
+        out = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, L, C)))
