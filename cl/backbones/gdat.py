@@ -14,6 +14,9 @@ Lee et al., ICCV 2025 (arXiv 2507.02395); reference github Hyun1A/CoMEL @9fd6679
 :class:`cl.backbones.Backbone` contract (``forward(x)`` -> features of size ``num_features``) so that every method runs
 on it; :meth:`GDATMIL.forward_mil` also returns the attention and instance features (localisation, BPPL).
 
+``checkpoint_blocks`` recomputes each block's activations in backward (``torch.utils.checkpoint``): whole-slide bags
+of 1e5 instances then train in a few GB (experiments/bench/mil_scaling.py), at the cost of one more forward.
+
 Input: a batch of bags ``(B, N, in_dim)``, or packed bags ``(B, n, in_dim + 1)`` (:mod:`cl.data.mil.packing`). Each bag
 runs on its own real instances, so a packed bag and the bag itself give the same outputs.
 
@@ -30,6 +33,7 @@ from functools import partial
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from cl.backbones.gdat_attention import FullSelfAttention, GroupedDoubleAttention
 from cl.data.mil.packing import unpack_bags
@@ -103,6 +107,7 @@ class GDATMIL(nn.Module):
         padding: str = "masked",
         pool_act: str = "tanh",
         instance_prob: str = "minmax",
+        checkpoint_blocks: bool = False,
     ) -> None:
         super().__init__()
         if attention not in ATTENTIONS:
@@ -111,6 +116,7 @@ class GDATMIL(nn.Module):
             raise ValueError(f"backbone.instance_prob={instance_prob!r}; allowed: {list(INSTANCE_PROBS)}")
         self.name = f"{attention}_mil"
         self.in_dim, self.num_features, self.instance_prob = int(in_dim), int(dim), instance_prob
+        self.checkpoint_blocks = bool(checkpoint_blocks)
         self.embed = nn.Sequential(nn.Linear(in_dim, dim), nn.ReLU(), nn.Dropout(dropout))
         kw = {"region_size": region_size, "padding": padding} if attention == "gdat" else {}
         self.blocks = nn.ModuleList(
@@ -126,7 +132,10 @@ class GDATMIL(nn.Module):
     def _one_bag(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         h = self.embed(x)
         for block in self.blocks:
-            h = block(h)
+            if self.checkpoint_blocks and torch.is_grad_enabled():
+                h = checkpoint(block, h, use_reentrant=False)
+            else:
+                h = block(h)
         z, a = self.pool(h)
         return z, a, h
 

@@ -116,14 +116,15 @@ class GroupedDoubleAttention(nn.Module):
         side = int(math.isqrt(x_grid.shape[1]))
         q, k, v = (self._heads(t) for t in self.qkv(x_grid).chunk(3, dim=-1))
         qa, ka, _ = (self._heads(t) for t in self.qkv(agents).chunk(3, dim=-1))
-        agent_logits = (qa * self.scale) @ k.transpose(-2, -1)  # B, h, A, H*H
-        inst_logits = (q * self.scale) @ ka.transpose(-2, -1)  # B, h, H*H, A
+        key_mask = agent_mask = None
         if self.padding == "masked":
-            low = torch.finfo(x.dtype).min
-            agent_logits = agent_logits.masked_fill(~valid[:, None, None, :], low)
-            inst_logits = inst_logits.masked_fill(~agent_valid(valid, side, rs)[:, None, None, :], low)
-        agent_v = agent_logits.softmax(dim=-1) @ v
-        out = inst_logits.softmax(dim=-1) @ agent_v + self.value_residual * v
+            key_mask = valid[:, None, None, :]
+            agent_mask = agent_valid(valid, side, rs)[:, None, None, :]
+        # softmax(q k^T / sqrt(d)) v through the fused kernel: the (A x H*H) and (H*H x A) attention maps are not kept
+        # for backward, so activation memory stays O(N * C) (the maps alone are 0.8 GB each at N = 1e5, 8 heads)
+        agent_v = F.scaled_dot_product_attention(qa, k, v, attn_mask=key_mask, scale=self.scale)
+        out = F.scaled_dot_product_attention(q, ka, agent_v, attn_mask=agent_mask, scale=self.scale)
+        out = out + self.value_residual * v
         out = out.transpose(1, 2).reshape(B, -1, C)[:, :L]
         return self.proj_drop(self.proj(out))
 

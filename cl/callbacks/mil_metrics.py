@@ -7,7 +7,8 @@ engine's accuracy), and the instance probabilities are the backbone's normalised
 (:meth:`GDATMIL.instance_probs`). Row t of a matrix per score of :mod:`cl.metrics.mil` is filled; ``metrics.json`` gets
 ``mil.bag_matrix`` (``bag_metric``, default accuracy) and ``mil.instance_matrix`` (``instance_metric``, default
 instance AUC: localisation) with the usual summaries (avg, forgetting, BWT, ... from :func:`cl.metrics.compute_metrics`)
-under ``mil.bag`` and ``mil.instance``, and every score's matrix under ``mil.matrices``. Scores that cannot be computed
+under ``mil.bag`` and ``mil.instance`` (avg, forgetting and BWT also as ``mil_<level>_<name>`` at the top level),
+and every score's matrix under ``mil.matrices``. Scores that cannot be computed
 on an experience (no patch labels, one class only) are ``null`` and the instance block is ``null`` when no experience
 has patch labels. Enable with ``+callbacks=mil_metrics``; the rows are checkpointed (resume continues them).
 """
@@ -15,6 +16,7 @@ has patch labels. Enable with ``+callbacks=mil_metrics``; the rows are checkpoin
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import lightning as L
@@ -36,6 +38,9 @@ class MILMetrics(L.Callback):
             )
         self.bag_metric, self.instance_metric = bag_metric, instance_metric
         self.rows: list[dict[str, list[float | None]]] = []
+        # time spent evaluating after fit: the engine excludes it from the training time (cl/engine/loop.py)
+        self.measurement_seconds = 0.0
+        self.measurement_cpu_seconds = 0.0
 
     @torch.no_grad()
     def evaluate(self, method: Any, stream: Any, device: torch.device) -> dict[str, list[float | None]]:
@@ -67,8 +72,11 @@ class MILMetrics(L.Callback):
         return row
 
     def on_experience_end(self, runner: Any, experience: Any) -> None:
+        wall, cpu = time.perf_counter(), time.process_time()
         row = self.evaluate(runner.method, runner.stream, runner.device)
         self.rows = self.rows[: experience.index] + [row]
+        self.measurement_seconds += time.perf_counter() - wall
+        self.measurement_cpu_seconds += time.process_time() - cpu
 
     def report_metrics(self) -> dict[str, Any]:
         from cl.metrics import compute_metrics
@@ -83,7 +91,14 @@ class MILMetrics(L.Callback):
             complete = all(v is not None for r in m for v in r)
             out[f"{level}_matrix"] = m
             out[level] = _summary(compute_metrics(m)) if complete else None
-        return {"mil": out}
+        flat = {  # top-level scalars, which experiments/aggregate.py averages over seeds
+            f"mil_{level}_{k}": v
+            for level in ("bag", "instance")
+            if out[level] is not None
+            for k, v in out[level].items()
+            if k in ("avg", "forgetting", "bwt")
+        }
+        return {"mil": out, **flat}
 
     def state_dict(self) -> dict[str, Any]:
         return {"rows": self.rows}

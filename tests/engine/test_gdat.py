@@ -112,3 +112,15 @@ def test_bad_config_names_the_key():
         GDATMIL(attention="nope")
     with pytest.raises(ValueError, match="backbone.in_dim"):
         GDATMIL(in_dim=8, dim=16, num_heads=2)(torch.randn(1, 5, 7))
+
+
+def test_checkpointed_blocks_give_the_same_gradients():
+    torch.manual_seed(4)
+    a = GDATMIL(in_dim=6, dim=16, num_heads=2, dropout=0.0, trans_dropout=0.0)
+    b = GDATMIL(in_dim=6, dim=16, num_heads=2, dropout=0.0, trans_dropout=0.0, checkpoint_blocks=True)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(1, 50, 6)
+    a(x).square().sum().backward()
+    b(x).square().sum().backward()
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa.grad, pb.grad, msg=name)

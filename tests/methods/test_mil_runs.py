@@ -58,6 +58,7 @@ def test_owlora_on_digit_bags(make_cfg, tmp_path):
     assert mil["bag_matrix"][1] == pytest.approx(runner.R[1].tolist())  # the bag accuracy is the engine's accuracy
     assert set(mil["instance"]) >= {"avg", "forgetting", "bwt"} and 0.0 <= mil["instance_matrix"][1][0] <= 1.0
     assert metrics["owlora_basis_rank"]["blocks.0.attn.qkv"] == d
+    assert metrics["mil_instance_forgetting"] == mil["instance"]["forgetting"]
     _, fresh = build(cfg)
     fresh.setup_stream(stream)
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "task_1.ckpt")["state_dict"]

@@ -1,0 +1,94 @@
+"""Forward + backward time and peak memory of GDAT (CoMEL's grouped double attention, 256 agents) against full
+self-attention MIL (TransMIL-like, the N x N attention map materialised) for one bag of N instances, on CPU.
+
+    flock -x /tmp/bench.lock python -m experiments.bench.mil_scaling --sizes 1000 10000 100000 --out OUT.json
+
+Both models are :class:`cl.backbones.gdat.GDATMIL` with the reference's sizes (D = 1024 features in, 512 model, 2
+blocks, 8 heads), in training mode (dropout on), differing only in ``attention`` (``gdat`` | ``full``); GDAT also runs
+with ``checkpoint_blocks`` (``gdat_ckpt``). Each (model, N) runs in its own process: the peak is that process's
+``ru_maxrss`` minus its resident size after building the model and the bag (so it is the step's own memory), the time
+the median of ``--repeats`` steps after one warm-up step. A full-attention run whose attention maps alone
+(heads x N^2 x 4 bytes x 2 per layer: the map kept for backward and its gradient) would exceed ``--limit-gib`` is not
+started and reported as not fitting. Results: experiments/bench/README.md (mil_scaling).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+HEADS, DEPTH, IN_DIM, DIM = 8, 2, 1024, 512
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize()
+
+
+def child(model: str, n: int, repeats: int, threads: int) -> dict[str, float]:
+    import torch
+
+    from cl.backbones.gdat import GDATMIL
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    attention = "full" if model == "full" else "gdat"
+    net = GDATMIL(IN_DIM, DIM, DEPTH, HEADS, attention=attention, checkpoint_blocks=model == "gdat_ckpt").train()
+    x = torch.randn(1, n, IN_DIM)
+    base = _rss_bytes()
+    times = []
+    for _ in range(repeats + 1):
+        net.zero_grad(set_to_none=True)
+        start = time.perf_counter()
+        net(x).square().sum().backward()
+        times.append(time.perf_counter() - start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+    return {"seconds": statistics.median(times[1:]), "peak_gib": max(peak - base, 0) / 2**30}
+
+
+def full_attention_gib(n: int) -> float:
+    return HEADS * n * n * 4 * 2 * DEPTH / 2**30
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 3000, 10000, 30000, 100000])
+    parser.add_argument("--models", nargs="+", default=["gdat", "gdat_ckpt", "full"])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--limit-gib", type=float, default=8.0)
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--child", nargs=2, metavar=("MODEL", "N"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args.child[0], int(args.child[1]), args.repeats, args.threads)))
+        return
+    rows = []
+    for n in args.sizes:
+        for model in args.models:
+            row: dict[str, object] = {"model": model, "N": n}
+            if model == "full" and full_attention_gib(n) > args.limit_gib:
+                row.update(fits=False, note=f"attention maps alone {full_attention_gib(n):.0f} GiB > {args.limit_gib}")
+            else:
+                cmd = [sys.executable, "-m", "experiments.bench.mil_scaling", "--child", model, str(n)]
+                cmd += ["--repeats", str(args.repeats), "--threads", str(args.threads)]
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                if proc.returncode:
+                    row.update(fits=False, note=f"exit {proc.returncode}: {proc.stderr.strip()[-200:]}")
+                else:
+                    row.update(fits=True, **json.loads(proc.stdout.strip().splitlines()[-1]))
+                    row["fits"] = row["peak_gib"] <= args.limit_gib
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(rows, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
