@@ -28,7 +28,7 @@ rate is the method's optimizer's for every experience (the reference's ``--cl_lr
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -42,8 +42,6 @@ from cl.modules.weighted_lora import INITIAL_BASES, PROJECTIONS, OWLoRALinear, a
 
 class OWLoRA(ContinualMethod):
     """Orthogonal weighted LoRA per experience, with BPPL instance pseudo-labels on MIL backbones."""
-
-    step_flops_stream_invariant: ClassVar[bool] = False  # each experience adds an adapter to every layer's forward
 
     def __init__(
         self,
