@@ -27,7 +27,7 @@ experiences, when the LoRA is merged: they hold the plain model, the head and th
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
@@ -41,9 +41,6 @@ from cl.modules.reglora import RegLoRAAdapters
 
 class RegLoRA(ContinualMethod):
     """A frozen backbone with one merged-after-use LoRA per experience, L1-regularised at earlier key positions."""
-
-    # the penalty's work grows with the key positions of earlier experiences and is not a module call
-    step_flops_stream_invariant: ClassVar[bool] = False
 
     def __init__(
         self,
