@@ -10,7 +10,9 @@ so a new adapter starts at a zero update, and a record of the task-0 weights' pr
 W = U S V^T and d is the smallest rank holding more than ``energy`` (0.99) of sum S^2; ``basis_in`` = V_d^T (d x in) and
 ``basis_out`` = U_d (out x d) are *stored as the first protected subspace* (the reference computes them but keeps a
 random placeholder, so its projection never protects them) and, with ``truncate``, W becomes U_d S_d V_d^T (as the
-reference). Unlike the reference, d may be full rank (its search stops at min(out, in) - 1).
+reference). Unlike the reference, d may be full rank (its search stops at min(out, in) - 1); no option keeps that,
+since the two differ only when 99 % of the energy needs every singular value. s is a registered parameter (the
+reference's ``nn.Parameter(...).to(None)`` registers it only because ``Tensor.to`` returns the same object).
 
 Subspace protection for the adapter being trained (``projection``):
 

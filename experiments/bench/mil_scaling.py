@@ -9,7 +9,7 @@ with ``checkpoint_blocks`` (``gdat_ckpt``). Each (model, N) runs in its own proc
 ``ru_maxrss`` minus its resident size after building the model and the bag (so it is the step's own memory), the time
 the median of ``--repeats`` steps after one warm-up step. A full-attention run whose attention maps alone
 (heads x N^2 x 4 bytes x 2 per layer: the map kept for backward and its gradient) would exceed ``--limit-gib`` is not
-started and reported as not fitting. Results: experiments/bench/README.md (mil_scaling).
+started and reported as not fitting. Results: at the end of this docstring.
 """
 
 from __future__ import annotations
