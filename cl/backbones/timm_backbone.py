@@ -5,6 +5,8 @@ need:
 
 * ``forward(x)`` / ``features(x)``: the pooled feature vector (pre-logits), shape ``(B, num_features)``;
 * ``tokens(x)``: the token sequence after the last block and norm (ViTs), shape ``(B, N, D)``;
+* ``block_tokens(x)``: the patch tokens after the last block, before the final norm (timm's
+  ``forward_intermediates``; prefix tokens dropped), shape ``(B, N_patches, D)`` (GCAB's trunk features);
 * ``blocks``: the transformer blocks (ViTs) so that prompts or gates can be injected into chosen blocks;
 * ``wrap_attention(block_ids, factory)``: replaces ``blocks[i].attn`` with ``factory(i, attn)`` (a module that keeps
   timm's own projections; see :mod:`cl.modules` for prefix-tuning), without copying or forking timm's code.
@@ -58,7 +60,7 @@ class Backbone(nn.Module):
                 "resnet18 (see timm.list_models())"
             )
         kwargs = dict(model_kwargs)
-        if img_size is not None and name.startswith(("vit", "deit")):
+        if img_size is not None and name.startswith(("vit", "deit", "convit")):
             kwargs["img_size"] = img_size
         if channels is not None:
             kwargs["channels"] = tuple(channels)
@@ -106,6 +108,12 @@ class Backbone(nn.Module):
         """Token sequence ``(B, N, D)`` after the last block (and final norm) of a ViT."""
         self._require_vit("tokens")
         return self.model.forward_features(x)
+
+    def block_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch tokens ``(B, N_patches, D)`` after the last block, before the final norm (prefix tokens dropped)."""
+        self._require_vit("block_tokens")
+        out = self.model.forward_intermediates(x, indices=1, norm=False, output_fmt="NLC", intermediates_only=True)
+        return out[-1]
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """Pool a token sequence to the feature vector exactly as the model's own head path does."""
