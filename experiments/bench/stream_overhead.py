@@ -35,7 +35,12 @@ round varied 20x between rounds of the same work otherwise); ``--no-malloc-tunin
     flock -x /tmp/bench.lock python experiments/bench/stream_overhead.py [--workload coda|cnn] [--repeats 10]
         [--processes 1] [--no-flops] [--progress-bar] [--threads 1] [--no-malloc-tuning] [engine config overrides]
 
-Measured: see experiments/bench/README.md (engine/bare and engine/hand ratios with the command that made them).
+Measured: no run under the exclusive bench lock yet (2026-12-03: the lock was not free during the session that
+restated this bench). Single unlocked rounds under a load of ~20 on 2 cores (not a measurement of the goals) gave
+CPU-time ratios on ``coda`` of engine/bare 1.02-1.08x and bare/hand 1.04-1.06x, with bit-identical weights on both
+workloads. Parts of the engine's cost on ``coda`` (CPU time, 1 thread, same machine): a training step ~53 ms, 1131 aten
+ops and 192 module calls; the FLOP counter traces the first step of each batch shape in each experience (~2 per
+experience; LightFlopCounter adds ~6 us per op) and records module calls on the others (~2.5 us per call).
 """
 
 from __future__ import annotations
