@@ -1,7 +1,9 @@
 """``python -m experiments.aggregate SWEEP_DIR``: one table over a sweep's runs, mean ± std over seeds.
 
 Groups the *complete* runs (see :mod:`experiments.sweep_runs`) by method and setting (``data.name``,
-``scenario.name`` and every swept key other than the seed), and writes into ``SWEEP_DIR/aggregate/`` (or ``--out``):
+``scenario.name`` and every resolved config key that differs between runs other than the seed and the keys that do not
+change an experiment; matrices of different sizes are never averaged together), and writes into
+``SWEEP_DIR/aggregate/`` (or ``--out``):
 
 - ``summary.csv``: one row per group, ``<metric>_mean`` / ``<metric>_std`` for every numeric metric in ``metrics.json``;
 - ``summary.md``: the same table as ``mean ± std`` cells, then the list of incomplete runs with their reasons;
@@ -105,7 +107,7 @@ def mean_matrix(members: list[Run]) -> list[list[float]] | None:
     """Element-wise mean of the group's accuracy matrices; None when their shapes differ."""
     mats = [r.metrics["acc_matrix"] for r in members]
     n = len(mats[0])
-    if any(len(m) != n for m in mats):
+    if any(len(m) != n or any(len(row) != len(m) for row in m) for m in mats):
         return None
     return [[statistics.fmean(m[i][j] for m in mats) for j in range(n)] for i in range(n)]
 
@@ -126,7 +128,8 @@ def aggregate(sweep_dir: Path, out_dir: Path | None = None, extra_keys: tuple[st
     out_dir = Path(out_dir) if out_dir is not None else sweep_dir / "aggregate"
     runs = load_sweep(sweep_dir)
     if not runs:
-        raise FileNotFoundError(f"no run folder (metrics.json, run_info.json or .hydra/config.yaml) under {sweep_dir}")
+        markers = "metrics.json, run_info.json, failed.json or .hydra/config.yaml"
+        raise FileNotFoundError(f"no run folder ({markers}) under {sweep_dir}")
     complete = [r for r in runs if r.complete]
     incomplete = [r for r in runs if not r.complete]
     keys = setting_keys(runs, extra_keys)
@@ -153,7 +156,7 @@ def aggregate(sweep_dir: Path, out_dir: Path | None = None, extra_keys: tuple[st
         written.append(out_dir / name)
     for group, members in groups.items():
         matrix = mean_matrix(members)
-        if matrix is not None:
+        if matrix is not None:  # always: the matrix size is a setting key when it varies (sweep_runs.setting_keys)
             title = f"{' / '.join(p for p in group if p)}: mean of {len(members)} run(s)"
             written.append(plot_acc_matrix(matrix, out_dir / f"acc_matrix_{slug(group)}.png", title=title))
         title = f"{' / '.join(p for p in group if p)}: retention, mean ± std of {len(members)} run(s)"

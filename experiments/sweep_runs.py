@@ -1,9 +1,15 @@
 """Find and read the runs of a sweep directory written by ``python -m cl.run -m ...`` (one subfolder per run).
 
 A run folder is any folder below the sweep (``.submitit`` and the aggregator's own output excluded) that holds
-``metrics.json``, ``run_info.json`` or ``.hydra/config.yaml``. A run is *complete* when its ``metrics.json`` parses,
-says ``complete: true`` (when the key is present) and holds a full square ``acc_matrix`` of fractions. Every other run
-is *incomplete* and carries the reason; the aggregator never averages it.
+``metrics.json``, ``run_info.json``, ``failed.json`` or ``.hydra/config.yaml``. A run is *complete* when it did not
+fail (no ``failed.json``), its ``metrics.json`` parses, says ``complete: true`` (when the key is present) and holds a
+full square ``acc_matrix`` of fractions. Every other run is *incomplete* and carries the reason; the aggregator never
+averages it.
+
+A run's config is its resolved ``config.yaml`` (what produced its metrics), else Hydra's ``.hydra/config.yaml``.
+Settings (:func:`setting_keys`) are every resolved key whose value differs between the complete runs, except the seed
+and the keys that do not change an experiment (paths, devices, logger, progress bar: the keys a resume may change,
+``cl/engine/resume_policy.py``); keys of the method's own config count among runs of the same method.
 """
 
 from __future__ import annotations
@@ -17,11 +23,14 @@ from typing import Any
 import yaml
 
 SKIP_DIRS = {".submitit", ".hydra", ".hydra_resume", "checkpoints", "aggregate"}
-RUN_MARKERS = ("metrics.json", "run_info.json", ".hydra/config.yaml")
+RUN_MARKERS = ("metrics.json", "run_info.json", "failed.json", ".hydra/config.yaml")
 # keys of the resolved config that always define a setting (a missing key reads as None)
 DEFAULT_SETTING_KEYS = ("data.name", "scenario.name")
 # sweep override keys that never define a setting
 NON_SETTING_OVERRIDES = {"seed", "method", "resume", "experiment"}
+# resolved keys that never define a setting (besides those a resume may change)
+NON_SETTING_KEYS = ("seed", "resume", "hydra", "method._target_", "method.name")
+MATRIX_SIZE_KEY = "T"  # pseudo-key: the number of experiences of the accuracy matrix, when it varies in a group
 
 
 @dataclass
@@ -101,15 +110,31 @@ def _matrix_problem(matrix: Any) -> str | None:
     return None
 
 
+def _read_config(path: Path) -> dict[str, Any]:
+    for candidate in (path / "config.yaml", path / ".hydra" / "config.yaml"):
+        if candidate.exists():
+            return yaml.safe_load(candidate.read_text()) or {}
+    return {}
+
+
 def load_run(path: Path) -> Run:
     """Read one run folder; never raises for a broken run (the problem is recorded instead)."""
     run = Run(path=path)
-    config_path = path / ".hydra" / "config.yaml"
     try:
-        run.config = yaml.safe_load(config_path.read_text()) or {} if config_path.exists() else {}
+        run.config = _read_config(path)
         run.overrides = _read_overrides(path / ".hydra" / "overrides.yaml")
     except (OSError, yaml.YAMLError) as err:
-        run.problem = f"unreadable .hydra record: {err}"
+        run.problem = f"unreadable config record: {err}"
+        return run
+    failed = path / "failed.json"
+    if failed.exists():
+        try:
+            info = json.loads(failed.read_text())
+        except (OSError, json.JSONDecodeError):
+            info = {}
+        if not run.overrides and isinstance(info.get("overrides"), list):
+            run.overrides = {str(o).partition("=")[0].lstrip("+~"): str(o).partition("=")[2] for o in info["overrides"]}
+        run.problem = f"failed: {info.get('type', 'error')}: {info.get('error', '(failed.json unreadable)')}"
         return run
     metrics_path = path / "metrics.json"
     if not metrics_path.exists():
@@ -136,18 +161,61 @@ def load_sweep(sweep_dir: Path) -> list[Run]:
     return [load_run(p) for p in find_run_dirs(sweep_dir)]
 
 
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict) and node:
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: node}
+
+
+def _never_a_setting(key: str) -> bool:
+    from cl.engine.resume_policy import may_change
+
+    return may_change(key) or any(key == k or key.startswith(k + ".") for k in NON_SETTING_KEYS)
+
+
+def _config_keys(runs: list[Run]) -> set[str]:
+    """Resolved keys whose value differs between runs (``method.*`` keys: between runs of the same method)."""
+    flats = [(r.method, _flat(r.config)) for r in runs if r.config]
+    keys = set()
+    for key in {k for _, f in flats for k in f}:
+        if _never_a_setting(key):
+            continue
+        if key.startswith("method."):
+            by_method: dict[str, set[str]] = {}
+            for method, f in flats:
+                by_method.setdefault(method, set()).add(repr(f.get(key, "<absent>")))
+            if any(len(v) > 1 for v in by_method.values()):
+                keys.add(key)
+        elif len({repr(f.get(key, "<absent>")) for _, f in flats}) > 1:
+            keys.add(key)
+    return keys
+
+
 def setting_keys(runs: list[Run], extra: tuple[str, ...] = ()) -> list[str]:
-    """The default setting keys, ``extra``, and every swept override key whose value differs between runs."""
+    """The default setting keys, ``extra``, every resolved config key that differs between the complete runs (see the
+    module docstring) and every swept override key whose value differs; ``T`` when runs of one group have accuracy
+    matrices of different sizes (they are never averaged together)."""
     keys = list(DEFAULT_SETTING_KEYS) + [k for k in extra if k not in DEFAULT_SETTING_KEYS]
     swept: dict[str, set[str]] = {}
     for run in runs:
         for key, value in run.overrides.items():
-            if key not in NON_SETTING_OVERRIDES and not key.startswith("hydra"):
+            if key not in NON_SETTING_OVERRIDES and not key.startswith("hydra") and not _never_a_setting(key):
                 swept.setdefault(key, set()).add(value)
+    found = _config_keys([r for r in runs if r.complete])
     for key in sorted(swept):
         absent = any(key not in r.overrides for r in runs)
-        if (len(swept[key]) > 1 or absent) and key not in keys:
-            keys.append(key)
+        if len(swept[key]) > 1 or absent:
+            found.add(key)
+    keys += [k for k in sorted(found) if k not in keys]
+    groups: dict[tuple[str, ...], set[int]] = {}
+    for run in runs:
+        if run.complete:
+            groups.setdefault((run.method, *setting_of(run, keys)), set()).add(len(run.metrics["acc_matrix"]))
+    if any(len(sizes) > 1 for sizes in groups.values()):
+        keys.append(MATRIX_SIZE_KEY)
     return keys
 
 
@@ -155,8 +223,12 @@ def setting_of(run: Run, keys: list[str]) -> tuple[str, ...]:
     """The run's value for each setting key: the resolved config's value, else the override's text."""
     values = []
     for key in keys:
+        if key == MATRIX_SIZE_KEY:
+            matrix = run.metrics.get("acc_matrix")
+            values.append(str(len(matrix)) if isinstance(matrix, list) else "")
+            continue
         value = lookup(run.config, key)
         if value is None:
             value = run.overrides.get(key)
-        values.append("" if value is None else str(value))
+        values.append("" if value is None else value if isinstance(value, str) else json.dumps(value))
     return tuple(values)

@@ -55,6 +55,32 @@ def compose_config(overrides: list[str], run_dir: Path, shrink: bool = True, con
     return cfg
 
 
+REPO = Path(__file__).resolve().parents[1]
+# the fastest real run for subprocess tests: 2 experiences of 1 batch each, no logger
+TINY = ["scenario.n_experiences=2", "+trainer.limit_train_batches=1", "logger=none"]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment of a ``python -m cl.run`` subprocess: this tree first on the path, one torch thread, no rank
+    variables of an enclosing launcher."""
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **extra}
+    for k in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_JOB_ID", "WORLD_SIZE"):
+        env.pop(k, None)
+    return env
+
+
+def run_module(module: str, args: list[str], cwd: Path = REPO, timeout: float = 300, **popen: Any) -> Any:
+    """``python -m module *args`` as a subprocess (``subprocess.CompletedProcess`` with text output)."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", module, *args]
+    env = popen.pop("env", None) or cli_env()
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, **popen)
+
+
 def run_cl(cfg: DictConfig) -> dict[str, Any]:
     """Run ``cl.run``'s experiment in-process and return its metrics."""
     from cl.experiment import run_experiment

@@ -66,18 +66,36 @@ def task_checkpoints(run_dir: str | Path) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
+def last_checkpoint(run_dir: str | Path) -> Path | None:
+    """The run directory's last completed experience checkpoint, else its ``initial.ckpt`` (a run stopped during
+    experience 0), else None."""
+    ckpts = task_checkpoints(run_dir)
+    if ckpts:
+        return ckpts[max(ckpts)]
+    initial = Path(run_dir) / "checkpoints" / "initial.ckpt"
+    return initial if initial.is_file() else None
+
+
 def resolve_checkpoint(path_or_run: str | Path) -> Path:
-    """A ``task_{t}.ckpt`` path as is, or a run directory's last completed experience checkpoint."""
+    """A ``task_{t}.ckpt`` path as is, or a run directory's :func:`last_checkpoint`."""
     p = Path(path_or_run)
     if p.is_dir():
-        ckpts = task_checkpoints(p)
-        if not ckpts:
+        last = last_checkpoint(p)
+        if last is None:
             raise CheckpointError(
-                f"{str(p)!r} is not a run directory of cl.run with a completed experience "
-                "(expected checkpoints/task_{t}.ckpt inside)"
+                f"{str(p)!r} is not a run directory of cl.run with a checkpoint "
+                "(expected checkpoints/task_{t}.ckpt or checkpoints/initial.ckpt inside)"
             )
-        return ckpts[max(ckpts)]
+        return last
     return p
+
+
+def checkpoint_run_dir(path: str | Path) -> Path:
+    """The run directory of a checkpoint file (``RUN/checkpoints/task_t.ckpt`` -> ``RUN``) or of a run directory."""
+    p = Path(path)
+    if p.is_dir():
+        return p
+    return p.parent.parent if p.parent.name == "checkpoints" else p.parent
 
 
 def load_method_state(method: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:

@@ -112,10 +112,12 @@ class StreamRunner:
 
     # ------------------------------------------------------------------------------------------------ state
     def restore(self, payload: dict[str, Any]) -> None:
-        """Continue after the experience stored in a checkpoint payload."""
+        """Continue after the experience stored in a checkpoint payload (``initial.ckpt``, experience -1: from the
+        start, with the saved initial weights)."""
         t = int(payload["experience"])
-        self.R[: t + 1] = np.asarray(payload["acc_matrix"])
-        self.R_taw[: t + 1] = np.asarray(payload["acc_matrix_task_aware"])
+        if t >= 0:
+            self.R[: t + 1] = np.asarray(payload["acc_matrix"])
+            self.R_taw[: t + 1] = np.asarray(payload["acc_matrix_task_aware"])
         self.R0[:] = payload["R0"]
         self.R0_taw[:] = payload["R0_task_aware"]
         self.train_seconds = float(payload["train_seconds"])

@@ -41,10 +41,24 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
-def write_run_record(run_dir: Path, config_yaml: str, seed: int, resumed_from: int | None = None) -> None:
-    """Write ``config.yaml`` (resolved, only if absent: a resume never overwrites it) and ``run_info.json``."""
+def _resume_record_name(run_dir: Path, resumed_from: int) -> str:
+    """``run_info.resume_<t>.json`` (``resume_initial`` before experience 0); a later resume from the same experience
+    gets ``run_info.resume_<t>.2.json``, ``.3``, ... so that no resume record is overwritten."""
+    stem = f"run_info.resume_{'initial' if resumed_from < 0 else resumed_from}"
+    name, n = f"{stem}.json", 1
+    while (run_dir / name).exists():
+        n += 1
+        name = f"{stem}.{n}.json"
+    return name
+
+
+def write_run_record(
+    run_dir: Path, config_yaml: str, seed: int, resumed_from: int | None = None, extra: dict[str, Any] | None = None
+) -> None:
+    """Write ``config.yaml`` (a fresh run: always, the record must describe what produces the metrics; a resume: only
+    if absent, the experiment is the saved one) and ``run_info.json`` (a resume: ``run_info.resume_<t>.json``)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not (run_dir / "config.yaml").exists():
+    if resumed_from is None or not (run_dir / "config.yaml").exists():
         write_text(run_dir / "config.yaml", config_yaml)
     info = {
         "seed": seed,
@@ -53,6 +67,7 @@ def write_run_record(run_dir: Path, config_yaml: str, seed: int, resumed_from: i
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "command": sys.argv,
+        **(extra or {}),
     }
-    name = "run_info.json" if resumed_from is None else f"run_info.resume_{resumed_from}.json"
+    name = "run_info.json" if resumed_from is None else _resume_record_name(run_dir, resumed_from)
     write_json(run_dir / name, info)

@@ -61,8 +61,14 @@ def _how(key: str, data_dir: str) -> str:
 
 
 def _read_pickle(path: str) -> dict[str, Any]:
-    with open(path, "rb") as f:
-        entry = pickle.load(f, encoding="latin1")
+    try:
+        with open(path, "rb") as f:
+            entry = pickle.load(f, encoding="latin1")
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as err:
+        raise ValueError(
+            f"{path}: damaged or not a CIFAR python pickle ({type(err).__name__}: {err}); replace it with the file of "
+            "the official archive"
+        ) from err
     if not isinstance(entry, dict):
         raise ValueError(f"{path}: expected a pickled dict, got {type(entry).__name__}")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
