@@ -3,6 +3,7 @@
 The training config is the checkpoint's own resolved ``config``. Keys of the training config given on the
 ``unlearn.run`` command line (``trainer=gpu``, ``data.eval_batch_size=512``, ...) replace the saved values, so that
 evaluation batch size or device can change while the model, the stream and the class order stay those of the run.
+A moved folder (``paths.data_dir=NEW``) also reaches the saved values resolved from it (``data.source.data_dir``).
 The checkpoint file is only read, never written.
 """
 
@@ -41,7 +42,17 @@ def file_sha256(path: str | Path) -> str:
 
 def train_config(saved: dict[str, Any], composed: DictConfig | None, overrides: list[str]) -> DictConfig:
     """The saved training config with the command-line ``overrides`` of training keys applied from ``composed``."""
-    cfg = OmegaConf.create(saved)
+    from cl.engine.resume_policy import rebase_paths
+
+    moved: dict[str, str] = {}
+    for ov in overrides:  # a moved data or weights folder reaches the saved (resolved) values derived from it
+        key = ov.split("=", 1)[0].lstrip("+~")
+        if key.startswith("paths.") and key != "paths.output_dir" and composed is not None:
+            old = OmegaConf.select(OmegaConf.create(saved), key, default=None)
+            new = OmegaConf.select(composed, key, default=None)
+            if isinstance(old, str) and isinstance(new, str):
+                moved[old] = new
+    cfg = OmegaConf.create(rebase_paths(saved, moved))
     for ov in overrides:
         key = ov.split("=", 1)[0].lstrip("+~")
         if key.split(".")[0] not in TRAIN_KEYS or composed is None:

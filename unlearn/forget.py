@@ -120,6 +120,11 @@ class RandomForget:
     def __init__(
         self, fraction: float | None = None, count: int | None = None, seed: int = 0, name: str = "random"
     ) -> None:
+        for key, value in (("fraction", fraction), ("count", count), ("seed", seed)):
+            number = int | float if key == "fraction" else int
+            if value is not None and (not isinstance(value, number) or isinstance(value, bool)):
+                allowed = "a number in (0, 1)" if key == "fraction" else "an integer"
+                raise ForgetError(f"forget.{key}={value!r}; allowed: {allowed}")
         self.fraction, self.count, self.seed = fraction, count, int(seed)
 
     def select(self, seen: SeenData) -> tuple[list[Key], list[Key], list[int]]:
@@ -222,13 +227,21 @@ def _resolve(entries: list[Key | int], keys: list[Key], what: str, path: str) ->
 
 def read_keys(path: Path) -> list[Key | int]:
     """Parse a split file: the ``experience,index[,label]`` CSV written by :func:`write_splits`, or one int a line."""
-    lines = [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip() and not ln.startswith("#")]
-    try:
-        if lines and lines[0].startswith("experience"):
-            return [(int(a), int(b)) for a, b, *_ in (ln.split(",") for ln in lines[1:])]
-        return [int(ln) for ln in lines]
-    except ValueError as err:
-        raise ForgetError(f"{str(path)!r}: not a file of sample indices ({err})") from err
+    numbered = [(i + 1, ln.strip()) for i, ln in enumerate(Path(path).read_text().splitlines())]
+    lines = [(i, ln) for i, ln in numbered if ln and not ln.startswith("#")]
+    csv = bool(lines) and lines[0][1].startswith("experience")
+    out: list[Key | int] = []
+    for i, ln in lines[1:] if csv else lines:
+        fields = [f.strip() for f in ln.split(",")]
+        if csv and len(fields) not in (2, 3) or not csv and len(fields) != 1 or not all(_is_int(f) for f in fields):
+            expected = "experience,index[,label] (integers)" if csv else "one integer index"
+            raise ForgetError(f"{str(path)!r} line {i}: {ln!r} is not {expected}; nothing was unlearned")
+        out.append((int(fields[0]), int(fields[1])) if csv else int(fields[0]))
+    return out
+
+
+def _is_int(text: str) -> bool:
+    return text.lstrip("-").isdigit()
 
 
 def make_split(spec: Any, seen: SeenData) -> Split:

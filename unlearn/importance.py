@@ -11,8 +11,9 @@
   ``[0, log(exp(s) - 1)]`` with label 0 have ``CE = log(1 + exp(s) - 1) = s``, and ``dCE/ds = 1`` exactly.
 
 The full-data importance is the expensive, reusable half: :func:`cached` keeps it in the checkpoint's run directory
-(``unlearn_cache/``), keyed by the checkpoint's SHA-256, the variant, the mode, the batch size, the shuffling seed and
-the data, so that a second request on the same checkpoint only pays for the forget set.
+(``unlearn_cache/``; in the unlearning run's own directory when that one is read-only), keyed by the checkpoint's
+SHA-256, the variant, the mode, the batch size, the shuffling seed and the data, so that a second request on the same
+checkpoint only pays for the forget set.
 """
 
 from __future__ import annotations
@@ -78,6 +79,14 @@ def label_free_importance(
     if not n_batches:
         raise ValueError("label_free_importance: the data yielded no batch")
     return {n: v / n_batches for n, v in total.items()}
+
+
+def cache_root(run_dir: Path, fallback: Path) -> Path:
+    """The source run directory (the cache is shared by its unlearning runs), or ``fallback`` (the unlearning run's own
+    directory) when the source is read-only."""
+    from unlearn.resolvers import writable
+
+    return Path(run_dir) if writable(Path(run_dir) / "unlearn_cache") else Path(fallback)
 
 
 def cache_path(run_dir: Path, checkpoint_hash: str, key: dict[str, Any]) -> Path:

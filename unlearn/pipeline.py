@@ -1,8 +1,10 @@
 """One unlearning run: load the checkpoint, split, check, evaluate before, unlearn (timed), evaluate after, write.
 
-Order matters for honest reporting and for "bad input stops before any work": every check (checkpoint, forget spec,
-method options, reference split) runs before the first forward pass; the source checkpoint is only read; the timed
-section is the method's ``unlearn`` call alone (``retrain`` reports its runner's training time), never evaluation.
+Order matters for honest reporting and for "bad input stops before any work": the output directory is claimed
+(an OS lock; refused when an earlier unlearning or training run wrote there), every check (checkpoint, forget spec,
+method options, reference split) runs before the first forward pass and the first file; the source checkpoint is only
+read; the timed section is the method's ``unlearn`` call alone (``retrain`` reports its runner's training time),
+never evaluation.
 """
 
 from __future__ import annotations
@@ -45,6 +47,27 @@ def load_reference(path: str, digest: str) -> dict[str, Any]:
     return ref
 
 
+# what an earlier unlearning run or a cl.run run leaves in its directory: an unlearning run never writes over them
+USED_MARKERS = ("unlearn_report.json", "splits", "checkpoints", ".hydra", "metrics.json", "config.yaml")
+
+
+def claim_output(run_dir: Path) -> None:
+    """Hold ``run_dir`` (cl/engine/run_dir.py); refuse it when an earlier run (unlearning or training) wrote there."""
+    from cl.engine.run_dir import claim
+
+    try:
+        claim(run_dir)
+    except ValueError as err:
+        raise UnlearnConfigError(str(err)) from err
+    used = [m for m in USED_MARKERS if (run_dir / m).exists()]
+    if used:
+        raise UnlearnConfigError(
+            f"hydra.run.dir={str(run_dir)!r} already holds a run ({', '.join(used)}); nothing was overwritten. Leave "
+            "hydra.run.dir unset (each unlearning run gets a new <run>/unlearn/<method>-<forget>-<time> directory) "
+            "or choose an empty one"
+        )
+
+
 def run_unlearning(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> dict[str, Any]:
     """Run the unlearning described by ``cfg`` into ``run_dir``; returns the report."""
     import torch
@@ -59,6 +82,9 @@ def run_unlearning(cfg: DictConfig, run_dir: Path, overrides: list[str] | None =
     from unlearn.methods.base import UnlearnTask
     from unlearn.report import write_report
 
+    run_dir = Path(run_dir)
+    if is_global_zero():
+        claim_output(run_dir)
     spec = _instantiate(cfg.forget, "forget")  # cheap option checks first, then the checkpoint
     method = _instantiate(cfg.unlearn_method, "unlearn_method")
     ctx = load_context(cfg.get("checkpoint"), cfg, overrides)
@@ -86,8 +112,10 @@ def run_unlearning(cfg: DictConfig, run_dir: Path, overrides: list[str] | None =
     if start_processes(ctx.cfg) > 1:  # trainer=ddp/ddp_cpu: the other ranks start here (unlearn/distributed.py)
         task.device = compute_device(ctx.cfg.trainer)
 
-    run_dir = Path(run_dir)
     if is_global_zero():  # under DDP rank 0 alone writes (splits, checkpoint, report)
+        from cl.engine.run_dir import write_hydra_record
+
+        write_hydra_record(run_dir, ".hydra", cfg)
         write_splits(split, ctx.stream, run_dir / "splits")
     eval_bs, probe = int(ctx.cfg.data.eval_batch_size), bool(cfg.eval.probe)
     torch.manual_seed(int(cfg.seed))

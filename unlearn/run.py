@@ -4,7 +4,9 @@
     python -m unlearn.run checkpoint=RUN/checkpoints/task_2.ckpt unlearn_method=retrain forget=task forget.experience=1
     python -m unlearn.run checkpoint=RUN_DIR unlearn_method=iau forget=random forget.fraction=0.05 reference=RETRAIN_RUN
 
-The output goes to ``<checkpoint's run dir>/unlearn/<method>-<forget>-<time>/`` (``hydra.run.dir=...`` to change it):
+The output goes to a new ``<checkpoint's run dir>/unlearn/<method>-<forget>-<time>_<random>/`` (``hydra.run.dir=...`` to
+change it; a directory an earlier run wrote into is refused, never overwritten; a read-only run directory sends it to
+``<paths.log_dir>/unlearn/<run name>/...``):
 ``unlearn_report.{json,csv,png}``, ``splits/*.csv`` and ``checkpoints/unlearned_task_{t}.ckpt``. Bad input exits with
 status 2 and a message before any work. Heavy imports happen inside :func:`main`, so ``--help`` stays fast.
 
@@ -21,13 +23,13 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-import cl.resolvers  # noqa: F401  (the training config's resolvers)
 import unlearn.resolvers  # noqa: F401
+from cl.resolvers import package_dir  # the training config's resolvers
 
 EXIT_CONFIG_ERROR = 2
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="unlearn")
+@hydra.main(version_base="1.3", config_path=str(package_dir() / "conf"), config_name="unlearn")
 def main(cfg: DictConfig) -> float | None:
     """Compose, unlearn, report; returns the forget-test (else forget-train) accuracy for sweepers."""
     from pathlib import Path

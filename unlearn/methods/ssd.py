@@ -147,7 +147,7 @@ class SSD(UnlearningMethod):
         return fisher_importance(model, data, self.mode, lambda x: task.logits(model, x))
 
     def unlearn(self, model: nn.Module, task: UnlearnTask) -> nn.Module:
-        from unlearn.importance import cache_path, cached, data_digest
+        from unlearn.importance import cache_path, cache_root, cached, data_digest
 
         model.to(task.device)
         imp_f = self.importance(model, task.loader(task.forget, batch_size=self.batch_size), task)
@@ -161,7 +161,7 @@ class SSD(UnlearningMethod):
             "checkpoint": task.ctx.checkpoint_hash,
         }
         if self.use_cache:
-            path = cache_path(task.ctx.run_dir, task.ctx.checkpoint_hash, key)
+            path = cache_path(cache_root(task.ctx.run_dir, task.work_dir), task.ctx.checkpoint_hash, key)
             imp_d, hit = cached(path, key, lambda: self.importance(model, full_loader, task))
         else:
             imp_d, hit = self.importance(model, full_loader, task), False
