@@ -1,12 +1,28 @@
 """Installs the continual-learning and unlearning framework: ``pip install -e .`` (``.[dev]`` for tests and lint)."""
 
+import os
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+
+class BuildPyWithPackageFiles(build_py):
+    """Copies conf/ and assets/ into the built package as cl/_package/ (cl.resolvers.package_dir finds them), so
+    that a non-editable install runs the same configs and committed weights from any working directory."""
+
+    def run(self) -> None:
+        super().run()
+        if not self.dry_run:
+            for name in ("conf", "assets"):
+                self.copy_tree(name, os.path.join(self.build_lib, "cl", "_package", name))
+
 
 setup(
     name="cl-unlearn",
     version="0.1.0",
     description="Continual learning and machine unlearning on task streams: methods, forgetting matrices, unlearning",
     python_requires=">=3.10",
+    cmdclass={"build_py": BuildPyWithPackageFiles},
     packages=find_packages(
         include=["cl", "cl.*", "unlearn", "unlearn.*", "kernels", "kernels.*", "experiments", "experiments.*"]
     ),
