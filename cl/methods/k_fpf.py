@@ -104,7 +104,8 @@ class KFPF(ContinualMethod):
     def on_train_start(self) -> None:
         trainer = self.trainer
         loader = trainer.train_dataloader
-        batch_size = int(getattr(loader, "batch_size", 0) or 0)
+        # the global batch: under DDP each rank loads batch_size / W of the whole experience (cl/engine/distributed.py)
+        batch_size = int(getattr(loader, "batch_size", 0) or 0) * max(1, int(trainer.world_size))
         limit = trainer.limit_train_batches
         limit = None if limit == 1.0 else limit
         epochs = int(trainer.max_epochs)

@@ -14,7 +14,9 @@ all logits). Design choices (the paper's values are not public; all are config k
 * only the selected modules are in train mode: their batch-norm running statistics adapt to the buffer, while every
   other module is in eval mode, so every parameter *and buffer* outside P is bitwise unchanged;
 * logits are masked like the method's training logits (``train_logit_mask()``: classes seen so far);
-* under DDP every rank draws its own replay batch and the gradients of P are averaged over ranks (all-reduce), so the
+* under DDP every rank trains on its own replay items (:func:`replay_sample`: its share ``[rank::W]`` of the
+  1-process draw of ``batch_size`` items when W divides it, so W ranks together replay the 1-process batch; else
+  ``batch_size`` items of a per-rank generator) and the gradients of P are averaged over ranks (all-reduce), so the
   ranks' weights stay identical (batch-norm running statistics of selected layers are per rank, as in DDP training);
 * FLOPs of the fine-tuning (forward + backward) are counted with ``torch.utils.flop_counter``'s formulas and returned.
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import InitVar, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -122,7 +125,7 @@ def fpf_finetune(
         mask = method.train_logit_mask().clone()
         with LightFlopCounter() as counter, torch.enable_grad():
             for _ in range(opts.iterations):
-                s = buffer.sample(opts.batch_size)
+                s = replay_sample(buffer, opts.batch_size)
                 x, y = s.x.to(device), s.y.to(device)
                 logits = method(x)
                 loss = opts.ce_weight * F.cross_entropy(method.apply_mask(logits, mask), y)
@@ -142,6 +145,19 @@ def fpf_finetune(
         for m, mode in modes.items():
             m.train(mode)
     return FPFResult(flops, n_params, losses[0], losses[-1])
+
+
+def replay_sample(buffer: ReservoirBuffer, n: int) -> Any:
+    """One FPF replay batch (see the module docstring): every rank a different share, never the same draw twice."""
+    from cl.engine.distributed import rank_and_world
+
+    rank, world = rank_and_world()
+    if world == 1:
+        return buffer.sample(n)
+    if n % world == 0:
+        return buffer.sample(n, shard=True)  # the 1-process draw (global RNG, seeded alike on every rank), split
+    seed = int(torch.randint(2**62, (1,)))  # the same on every rank; + rank: each rank its own stream
+    return buffer.sample(n, generator=torch.Generator().manual_seed(seed + rank))
 
 
 def _average_gradients(params: list[nn.Parameter]) -> None:

@@ -8,7 +8,9 @@ last experience, it builds the reference method from its own config on the same 
 ``<run_dir>/<subdir>/`` (a normal run directory: metrics.json, acc_matrix.csv, checkpoints), prints a comparison
 table and adds ``reference`` (``{name: {avg_acc, forgetting, forgetting_fn, ...}}``) to the main ``metrics.json``.
 The reference's training time is not counted in the main run's ``seconds``. The result is kept in the callback's
-state, so a resumed run does not redo it. ``callbacks.<name>=null`` turns it off.
+state, so a resumed run does not redo it. Under DDP (``trainer=ddp_cpu``) every rank runs the reference stream, as the
+main one (its fits and evaluations are collectives); rank 0 alone writes and prints. ``callbacks.<name>=null`` turns
+it off.
 """
 
 from __future__ import annotations
@@ -51,8 +53,8 @@ class ReferenceRun(Callback):
         if self.enabled and done and self.result is None:
             from cl.engine.loop import is_global_zero
 
+            self.result = self._run(runner)  # every DDP rank runs it: its trainers and evaluations are collectives
             if is_global_zero():
-                self.result = self._run(runner)
                 self._print(runner)
         return {} if self.result is None else {"reference": self.result}
 

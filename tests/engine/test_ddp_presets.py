@@ -1,0 +1,50 @@
+"""Every callback and preset family runs under ``trainer=ddp_cpu`` (issue 18, item 10): the offline default
+(CODA-Prompt with its ``finetune_reference`` callback, a nested stream run on every rank), replay (ER with the
+sensitivity callback), the FPF callback and k-FPF (its step plan uses the global batch). EWC, LwF, DER++ and
+finetune are compared with one process in tests/engine/test_ddp_gloo.py. Each case is two gloo processes on a
+shrunk stream (2 experiences, 2 global batches): minutes on a loaded 2-core machine, hence ``slow``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO, cli_env
+
+SHRUNK = [
+    "trainer.max_epochs=1",
+    "+trainer.limit_train_batches=2",
+    "trainer.enable_progress_bar=false",
+    "scenario.n_experiences=2",
+    "logger=none",
+    "data.batch_size=32",
+]
+
+
+def _ddp_run(preset: list[str], run_dir: Path) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "cl.run", f"hydra.run.dir={run_dir}", *preset, "trainer=ddp_cpu", *SHRUNK]
+    return subprocess.run(cmd, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1000)
+@pytest.mark.parametrize(
+    "preset",
+    [[], ["experiment=er_digits"], ["experiment=fpf_digits"], ["experiment=kfpf_digits", "method.k=2"]],
+    ids=["default-coda-with-reference", "er-sensitivity", "fpf-callback", "k-fpf"],
+)
+def test_preset_runs_under_two_gloo_processes(tmp_path, preset):
+    run_dir = tmp_path / "run"
+    res = _ddp_run(preset, run_dir)
+    assert res.returncode == 0, res.stderr[-4000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["complete"] is True and len(metrics["acc_matrix"]) == 2
+    if not preset:  # the finetune reference ran on both ranks and its result reached the main record
+        assert set(metrics["reference"]) == {"finetune"}
+        assert json.loads((run_dir / "reference" / "metrics.json").read_text())["complete"] is True
+    if preset and preset[0] == "experiment=kfpf_digits":
+        assert metrics["fpf_triggers"] == 2 and metrics["total_steps"] == 4  # 2 experiences x 2 global batches
