@@ -1,0 +1,53 @@
+"""Aggregation groups by every resolved config key that differs between runs, except the seed and the keys that do
+not change an experiment (issue 18, item 4): runs of 2 and 5 experiences whose difference came from a local config
+(not a swept override) are two rows with two pictures, never one average."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from experiments.aggregate import aggregate
+
+
+def _run(root: Path, name: str, seed: int, n_exp: int, acc: float, **extra: object) -> None:
+    run = root / name
+    (run / ".hydra").mkdir(parents=True)
+    cfg = {
+        "seed": seed,
+        "data": {"name": "digits"},
+        "scenario": {"name": "class", "n_experiences": n_exp},
+        "method": {"_target_": "cl.methods.finetune.Finetune", "name": "finetune", "optimizer": {"lr": 0.001}},
+        "trainer": {"enable_progress_bar": seed % 2 == 0, "devices": 1 + seed},
+        "paths": {"output_dir": str(run)},
+        **extra,
+    }
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))  # the resolved record (what produced the metrics)
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"seed={seed}"]))  # only the seed was swept
+    matrix = [[acc if j <= i else 0.0 for j in range(n_exp)] for i in range(n_exp)]
+    metrics = {"acc_matrix": matrix, "avg_acc": acc, "complete": True, "seed": seed, "method": "finetune"}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_runs_of_different_lengths_are_two_groups(tmp_path):
+    root = tmp_path / "sweep"
+    _run(root, "0", 0, 2, 0.8)
+    _run(root, "1", 1, 2, 0.6)
+    _run(root, "2", 2, 5, 0.3)
+    _run(root, "3", 3, 5, 0.5)
+    result = aggregate(root)
+    assert result["keys"] == ["data.name", "scenario.name", "scenario.n_experiences"]  # not seed/devices/paths
+    rows = {r["scenario.n_experiences"]: (r["n_runs"], r["avg_acc_mean"]) for r in result["rows"]}
+    assert rows == {"2": (2, 0.7), "5": (2, 0.4)}
+    pngs = sorted(p.name for p in result["files"] if p.suffix == ".png")
+    assert len(pngs) == 2 and all(p.startswith("acc_matrix_finetune__digits__class__") for p in pngs)
+
+
+def test_a_differing_method_key_splits_and_shapes_are_never_averaged(tmp_path):
+    root = tmp_path / "sweep"
+    _run(root, "0", 0, 2, 0.8)
+    _run(root, "1", 1, 2, 0.6, method={"name": "finetune", "optimizer": {"lr": 0.01}})
+    result = aggregate(root)
+    assert "method.optimizer.lr" in result["keys"] and len(result["rows"]) == 2
