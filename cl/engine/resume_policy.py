@@ -56,9 +56,9 @@ def differences(saved: dict[str, Any], given: dict[str, Any], under: str = "") -
 
 
 def override_key(override: str) -> str | None:
-    """The config key an override names (``+a.b=1`` -> ``a.b``; ``hydra.*`` -> None; a preset -> "")."""
+    """The config key an override names (``+a.b=1`` -> ``a.b``; ``hydra.*``, ``resume`` -> None; a preset -> "")."""
     key = override.split("=", 1)[0].lstrip("+~").split("@", 1)[0]
-    if not key or key.startswith("hydra"):
+    if not key or key.startswith("hydra") or key == "resume":
         return None
     return "" if key in WHOLE_CONFIG else key
 
