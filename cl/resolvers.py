@@ -53,7 +53,9 @@ def _hydra_subdir(resume: str | None) -> str:
 def register() -> None:
     OmegaConf.register_new_resolver("cl_run_dir", _run_dir, replace=True)
     OmegaConf.register_new_resolver("cl_hydra_subdir", _hydra_subdir, replace=True)
-    OmegaConf.register_new_resolver("cl_stamp", _stamp, replace=True)
+    # cached on the config too: Hydra copies a sweep's resolver cache into each job (also a submitit job's process),
+    # so every job resolves the sweep directory of its launcher
+    OmegaConf.register_new_resolver("cl_stamp", _stamp, replace=True, use_cache=True)
     OmegaConf.register_new_resolver("cl_package_dir", lambda: str(package_dir()), replace=True)
     OmegaConf.register_new_resolver("cl_asset", _asset, replace=True)
 

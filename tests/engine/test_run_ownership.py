@@ -126,3 +126,18 @@ def test_a_second_resume_from_the_same_experience_keeps_both_records(tmp_path):
     names = sorted(p.name for p in run_dir.glob("run_info*.json"))
     assert names == ["run_info.json", "run_info.resume_0.2.json", "run_info.resume_0.json"]
     assert re.search(r"run directory: ", (run_dir / "run.log").read_text())
+
+
+def test_a_sweep_job_in_its_own_process_resolves_the_launchers_directory():
+    """Hydra copies the sweep's resolver cache into each job's config (submitit jobs run in other processes)."""
+    from omegaconf import OmegaConf
+
+    from cl.resolvers import _stamp
+
+    launcher = OmegaConf.create({"dir": "${cl_stamp:}"})
+    stamp = launcher.dir
+    _stamp.cache_clear()  # a new process
+    job = OmegaConf.create({"dir": "${cl_stamp:}"})
+    OmegaConf.copy_cache(from_config=launcher, to_config=job)
+    assert job.dir == stamp
+    assert OmegaConf.create({"dir": "${cl_stamp:}"}).dir != stamp  # without the launcher's cache: its own stamp
