@@ -35,7 +35,7 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> None:
         time.sleep(0.2)
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(1500)
 def test_second_run_into_a_held_directory_stops_at_once(tmp_path):
     run_dir, release, ready = tmp_path / "run", tmp_path / "release", tmp_path / "ready"
     hold = [f"+callbacks.hold._target_={HOOK}.WaitForFile", f"+callbacks.hold.path={release}",
@@ -43,15 +43,15 @@ def test_second_run_into_a_held_directory_stops_at_once(tmp_path):
     cmd = [sys.executable, "-m", "cl.run", f"hydra.run.dir={run_dir}", *cli_overrides([*TINY, *hold])]
     first = subprocess.Popen(cmd, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for(ready, first, timeout=300)
+        _wait_for(ready, first, timeout=600)
         record = (run_dir / ".hydra" / "config.yaml").read_bytes()
-        second = run_module("cl.run", [f"hydra.run.dir={run_dir}", *cli_overrides([*TINY, "seed=1"])], timeout=120)
+        second = run_module("cl.run", [f"hydra.run.dir={run_dir}", *cli_overrides([*TINY, "seed=1"])], timeout=500)
         assert second.returncode == 2, second.stderr[-3000:]
         assert "is in use by another run" in second.stderr and f"pid {first.pid}" in second.stderr
         assert (run_dir / ".hydra" / "config.yaml").read_bytes() == record  # nothing of the second run written
     finally:
         release.write_text("go")
-        out, err = first.communicate(timeout=300)
+        out, err = first.communicate(timeout=600)
     assert first.returncode == 0, err[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["seed"] == 0 == yaml.safe_load((run_dir / "config.yaml").read_text())["seed"]
