@@ -1,0 +1,15 @@
+"""experiments/bench/reglora.py on a small shape: both penalties agree on its data and the position storage is a
+quarter of int64 pairs (the timings themselves are the benchmark's, not a test's)."""
+
+from __future__ import annotations
+
+from experiments.bench import reglora
+
+
+def test_bench_runs_on_a_small_shape(monkeypatch):
+    monkeypatch.setitem(reglora.SHAPES, "small", (96, 64, 4, 32))
+    row = reglora.bench_shape("small", experiences=3, repeats=1)
+    assert row["grad_rel_diff"] < 1e-5
+    assert row["positions"] == 3 * int(0.02 * 96 * 64) and row["unique_positions"] <= row["positions"]
+    assert row["positions_bytes_int32"] * 4 == row["positions_bytes_int64_pairs"]
+    assert 0 < row["gathered_fraction_of_step"] < 1 and 0 < row["full_fraction_of_step"] < 1
