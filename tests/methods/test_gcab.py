@@ -3,6 +3,8 @@ the mask regulariser, CFDC's cascade order and drift loss, freezing, and the sta
 
 from __future__ import annotations
 
+import math
+
 import mpmath
 import pytest
 import torch
@@ -220,3 +222,42 @@ def test_bad_config_values_are_refused():
         tiny_gcab(pfr_loss="l1")
     with pytest.raises(ValueError, match="method.projector_norm"):
         tiny_gcab(projector_norm="batch")
+
+
+def test_warmup_cosine_schedule_by_hand():
+    from cl.modules.warmup_cosine import warmup_cosine
+
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1e-3)
+    sched = warmup_cosine(opt, epochs=10, warmup_epochs=5, warmup_lr=1e-6, min_lr=1e-5)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(1e-6) and lrs[1] == pytest.approx(1e-6 + (1e-3 - 1e-6) / 5)
+    assert lrs[5] == pytest.approx(1e-5 + 0.5 * (1e-3 - 1e-5) * (1 + math.cos(math.pi * 5 / 10)))
+
+
+def test_gcab_on_the_reference_convit_trunk_trains_a_step():
+    """backbone=convit_gcab at 32x32: 5 GPSA blocks of width 384, 12 heads, 64 tokens; the unused final norm and
+    class token are frozen; one step moves the trunk and the block."""
+    from functools import partial
+
+    from cl.backbones import Backbone
+    from cl.methods.gcab import GCAB
+
+    torch.manual_seed(0)
+    kw = dict(embed_dim=32, num_heads=12, depth=5, local_up_to_layer=5, patch_size=4, drop_path_rate=0.08)
+    b = Backbone("convit_tiny", in_chans=3, img_size=32, **kw)
+    s = tiny_stream()
+    m = GCAB(b, s.num_classes, partial(torch.optim.AdamW, lr=1e-3), kernel_backend="torch")
+    m.setup_stream(s)
+    m.on_experience_start(s.experiences[0])
+    assert m.unused_trunk == {"model.norm.weight", "model.norm.bias", "model.cls_token"}
+    assert m.block.num_heads == 12 and m.block.hidden == 1536
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 1])
+    before = m.backbone.model.blocks[0].attn.qk.weight.detach().clone()
+    opt = torch.optim.AdamW(m.trainable_parameters(), lr=1e-3)
+    m.compute_loss(x, y, None).backward()
+    opt.step()
+    assert not torch.equal(before, m.backbone.model.blocks[0].attn.qk.weight)
