@@ -4,11 +4,18 @@ A sample key is ``(experience, source_index)``: the index into ``stream.source.t
 experience whose view holds it. In class- and task-incremental streams every source index belongs to one experience;
 in domain-incremental streams the same index appears once per experience (under another input transform), so the key
 needs both. Pools yield ``(x, y, experience)`` so that task-aware masks can be applied per sample.
+
+Training samples are read through the *evaluation* transform (the test set's deterministic resize/crop/normalise,
+``cl/data/sources/transforms.py``), never the random training augmentation (``data.augment: true``): accuracies,
+MIA scores, probes and SSD/IAU importances are then the same from run to run, as in the reference code (SSD's
+``transform_unlearning``). The per-experience input shift of domain streams (rotation, permutation) is kept. Training
+baselines that replay the original recipe (``retrain``) read the experiences' own (augmented) views instead.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch.utils.data import Dataset
@@ -31,13 +38,53 @@ def labels_of(stream: Any, keys: Sequence[Key], split: str) -> list[int]:
     return [int(targets[i]) for _, i in keys]
 
 
-class PoolDataset(Dataset):
-    """The samples ``keys`` of ``split``, each read through its experience's own view; items are ``(x, y, e)``."""
+def _transform_of(ds: Any) -> Callable[[Any], Any] | None:
+    """The image transform of a (possibly wrapped) source dataset, or None when it has none (tensor datasets)."""
+    while ds is not None:
+        if hasattr(ds, "transform"):
+            return ds.transform
+        inner = getattr(ds, "dataset", None)
+        ds = inner if inner is not None else getattr(ds, "base", None)
+    return None
 
-    def __init__(self, stream: Any, keys: Sequence[Key], split: str) -> None:
+
+def with_transform(ds: Any, transform: Callable[[Any], Any]) -> Any:
+    """A shallow copy of the view ``ds`` (``Subset`` / domain-shift wrappers around a source dataset) whose innermost
+    dataset applies ``transform`` instead of its own; the source itself is not modified."""
+    if hasattr(ds, "transform"):
+        out = copy.copy(ds)
+        out.transform = transform
+        return out
+    for attr in ("dataset", "base"):  # torch Subset, cl.data.stream._DomainShift
+        inner = getattr(ds, attr, None)
+        if inner is not None:
+            out = copy.copy(ds)
+            setattr(out, attr, with_transform(inner, transform))
+            return out
+    raise TypeError(f"{type(ds).__name__}: cannot find the dataset whose transform to replace")
+
+
+def evaluation_views(stream: Any) -> list[Dataset]:
+    """Every experience's training view read through the source's test (evaluation) transform; the views themselves
+    when the data has no transform (tensor datasets such as digits) or train and test share one."""
+    tf_test, tf_train = _transform_of(stream.source.test), _transform_of(stream.source.train)
+    if tf_test is None or tf_train is None or tf_train is tf_test:
+        return [exp.train for exp in stream.experiences]
+    return [with_transform(exp.train, tf_test) for exp in stream.experiences]
+
+
+class PoolDataset(Dataset):
+    """The samples ``keys`` of ``split``, each read through its experience's view (training samples through the
+    evaluation transform, see the module docstring; ``views`` shares them between pools); items are ``(x, y, e)``."""
+
+    def __init__(self, stream: Any, keys: Sequence[Key], split: str, views: Sequence[Dataset] | None = None) -> None:
         if split not in ("train", "test"):
             raise ValueError(f"split={split!r}; allowed: ['train', 'test']")
         self.stream, self.keys, self.split = stream, list(keys), split
+        if split == "test":
+            self.views = [exp.test for exp in stream.experiences]
+        else:
+            self.views = list(views) if views is not None else evaluation_views(stream)
         self._pos: dict[int, dict[int, int]] = {}
         for e in sorted({e for e, _ in self.keys}):
             exp = stream.experiences[e]
@@ -50,6 +97,15 @@ class PoolDataset(Dataset):
 
     def __getitem__(self, k: int) -> tuple[Any, int, int]:
         e, i = self.keys[k]
-        exp = self.stream.experiences[e]
-        x, y = (exp.train if self.split == "train" else exp.test)[self._pos[e][i]]
+        x, y = self.views[e][self._pos[e][i]]
         return x, int(y), e
+
+    def subset(self, keys: Sequence[Key]) -> PoolDataset:
+        """Another pool of the same split and views."""
+        return PoolDataset(self.stream, keys, self.split, self.views)
+
+    def grouped_by_class(self) -> PoolDataset:
+        """The same samples ordered by label (ascending), stream order within a class: the reference SSD code's
+        ``get_classwise_ds`` / ``build_retain_forget_sets`` order."""
+        order = sorted(range(len(self.keys)), key=lambda k: self.targets[k])
+        return self.subset([self.keys[k] for k in order])

@@ -12,8 +12,10 @@
 
 The full-data importance is the expensive, reusable half: :func:`cached` keeps it in the checkpoint's run directory
 (``unlearn_cache/``; in the unlearning run's own directory when that one is read-only), keyed by the checkpoint's
-SHA-256, the variant, the mode, the batch size, the shuffling seed and the data, so that a second request on the same
-checkpoint only pays for the forget set.
+SHA-256, the variant, the mode, the batch size, the batch order (and the shuffling seed) and the ordered data, so that a
+second request on the same checkpoint only pays for the forget set. In SSD's default ``order=reference`` D ends with
+the forget set, so an entry serves one forget set (a rerun, another alpha, ``alpha=auto``'s calibration classes); in
+``order=shuffled`` one entry serves every forget set.
 """
 
 from __future__ import annotations

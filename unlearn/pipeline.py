@@ -75,7 +75,7 @@ def run_unlearning(cfg: DictConfig, run_dir: Path, overrides: list[str] | None =
     from cl.engine.checkpoint import save_checkpoint
     from cl.engine.distributed import is_global_zero
     from cl.engine.loop import compute_device
-    from unlearn.data import PoolDataset
+    from unlearn.data import PoolDataset, evaluation_views
     from unlearn.distributed import evaluate_once, start_processes
     from unlearn.evaluate import combine
     from unlearn.forget import ForgetError, SeenData, make_split, write_splits
@@ -95,12 +95,13 @@ def run_unlearning(cfg: DictConfig, run_dir: Path, overrides: list[str] | None =
         raise UnlearnConfigError(str(err)) from err
     reference = load_reference(str(cfg.reference), split.digest()) if cfg.get("reference") else None
     device = compute_device(ctx.cfg.trainer)
+    views = evaluation_views(ctx.stream)  # training samples through the deterministic evaluation transform
     task = UnlearnTask(
         ctx=ctx,
         split=split,
-        forget=PoolDataset(ctx.stream, split.forget_train, "train"),
-        retain=PoolDataset(ctx.stream, split.retain_train, "train"),
-        full=PoolDataset(ctx.stream, seen.train_keys, "train"),
+        forget=PoolDataset(ctx.stream, split.forget_train, "train", views),
+        retain=PoolDataset(ctx.stream, split.retain_train, "train", views),
+        full=PoolDataset(ctx.stream, seen.train_keys, "train", views),
         mask=ctx.method.seen_classes.detach().cpu().clone(),
         batch_size=int(ctx.cfg.data.batch_size),
         device=device,

@@ -83,9 +83,14 @@ def test_ssd_cache_pays_only_for_the_forget_set_the_second_time(trained, tmp_pat
     shutil.rmtree(trained / "unlearn_cache", ignore_errors=True)
     a = unlearn(trained, tmp_path / "a", "unlearn_method=ssd", "forget.classes=[1]")
     b = unlearn(trained, tmp_path / "b", "unlearn_method=ssd", "forget.classes=[1]")
-    c = unlearn(trained, tmp_path / "c", "unlearn_method=ssd", "forget.classes=[2]")  # new forget set, same D
-    assert not a["method_info"]["importance_cached"] and len(list((trained / "unlearn_cache").glob("*.pt"))) == 1
-    assert b["method_info"]["importance_cached"] and c["method_info"]["importance_cached"]
+    # the reference order puts the forget set last in D: another forget set is another D order, another entry
+    c = unlearn(trained, tmp_path / "c", "unlearn_method=ssd", "forget.classes=[2]")
+    assert not a["method_info"]["importance_cached"] and b["method_info"]["importance_cached"]
+    assert not c["method_info"]["importance_cached"] and len(list((trained / "unlearn_cache").glob("*.pt"))) == 2
+    # the shuffled order of D does not depend on the forget set: one entry serves every forget set
+    s1 = unlearn(trained, tmp_path / "s1", "unlearn_method=ssd", "unlearn_method.order=shuffled", "forget.classes=[1]")
+    s2 = unlearn(trained, tmp_path / "s2", "unlearn_method=ssd", "unlearn_method.order=shuffled", "forget.classes=[2]")
+    assert not s1["method_info"]["importance_cached"] and s2["method_info"]["importance_cached"]
     assert a["retain_test_acc"] == b["retain_test_acc"]  # the cached importance gives the same unlearned model
     assert a["method_info"]["selected_parameters"] == b["method_info"]["selected_parameters"]
     d = unlearn(

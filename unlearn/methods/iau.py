@@ -16,22 +16,38 @@ is ``cl.run``'s ``+method.grad_restriction=ALPHA`` (``cl/methods/base.py``).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unlearn.calibrate import AutoConfig, Calibratable, calibrate
+from unlearn.context import UnlearnConfigError
 from unlearn.methods.base import OPTIMIZERS, UnlearningMethod, UnlearnTask, check_choice, check_positive
 
 
-class IAU(UnlearningMethod):
-    """One corrected influence step: ``theta - eta * (grad L_r - grad L_f)``."""
+class IAU(UnlearningMethod, Calibratable):
+    """One corrected influence step: ``theta - eta * (grad L_r - grad L_f)``. ``lr="auto"``: eta chosen on held-out
+    classes of the same checkpoint (:mod:`unlearn.calibrate`; grid and criterion in ``auto``)."""
 
-    def __init__(self, name: str = "iau", lr: float = 0.05, optimizer: str = "sgd", batch_size: int = 256) -> None:
+    def __init__(
+        self,
+        name: str = "iau",
+        lr: float | str = 0.05,
+        optimizer: str = "sgd",
+        batch_size: int = 256,
+        auto: Any = None,
+    ) -> None:
         super().__init__(name)
-        check_positive("unlearn_method.lr", lr)
+        if lr != "auto":
+            if isinstance(lr, str):
+                raise UnlearnConfigError(f"unlearn_method.lr={lr!r}; allowed: a positive number or auto")
+            check_positive("unlearn_method.lr", lr)
         check_choice("unlearn_method.optimizer", optimizer, OPTIMIZERS)
         check_positive("unlearn_method.batch_size", batch_size, integer=True)
-        self.lr, self.optimizer, self.batch_size = float(lr), optimizer, int(batch_size)
+        self.lr, self.optimizer, self.batch_size = lr if lr == "auto" else float(lr), optimizer, int(batch_size)
+        self.auto = AutoConfig.from_config(auto, "unlearn_method.auto")
 
     def accumulate(self, model: nn.Module, task: UnlearnTask, params: list[nn.Parameter]) -> None:
         """Leave ``grad L_r - grad L_f`` (exact set means, accumulated over mini-batches) in ``p.grad``."""
@@ -44,22 +60,46 @@ class IAU(UnlearningMethod):
                 loss = F.cross_entropy(task.logits(model, x), y, reduction="sum") * (sign / n)
                 loss.backward()
 
-    def unlearn(self, model: nn.Module, task: UnlearnTask) -> nn.Module:
-        model.to(task.device)
+    def direction(self, model: nn.Module, task: UnlearnTask) -> dict[str, torch.Tensor]:
+        """``grad L_r - grad L_f`` per trainable parameter (model in eval mode, gradients cleared afterwards)."""
         was = model.training
         model.eval()
-        params = [p for p in model.parameters() if p.requires_grad]
-        self.accumulate(model, task, params)
-        if self.optimizer == "sgd":
-            with torch.no_grad():
-                for p in params:
-                    if p.grad is not None:
-                        p.sub_(self.lr * p.grad)
-        else:
-            torch.optim.Adam(params, lr=self.lr).step()
-        grad_norm = float(torch.sqrt(sum((p.grad.double() ** 2).sum() for p in params if p.grad is not None)))
-        for p in params:
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.accumulate(model, task, [p for _, p in named])
+        out = {n: p.grad.detach().clone() for n, p in named if p.grad is not None}
+        for _, p in named:
             p.grad = None
         model.train(was)
-        self.info = {"lr": self.lr, "optimizer": self.optimizer, "update_grad_norm": grad_norm}
+        return out
+
+    def step(self, model: nn.Module, grads: dict[str, torch.Tensor], lr: float) -> None:
+        """One step of size ``lr`` along ``-grads``: plain (sgd) or a fresh Adam's first step (adam)."""
+        named = [(n, p) for n, p in model.named_parameters() if n in grads]
+        if self.optimizer == "sgd":
+            with torch.no_grad():
+                for n, p in named:
+                    p.sub_(lr * grads[n].to(p.device))
+            return
+        for n, p in named:
+            p.grad = grads[n].to(p.device).clone()
+        torch.optim.Adam([p for _, p in named], lr=lr).step()
+        for _, p in named:
+            p.grad = None
+
+    def prepare(self, model: nn.Module, task: UnlearnTask) -> Any:
+        return self.direction(model, task)
+
+    def apply(self, model: nn.Module, state: Any, task: UnlearnTask, value: float, lam: float) -> None:
+        self.step(model, state, value)
+
+    def unlearn(self, model: nn.Module, task: UnlearnTask) -> nn.Module:
+        model.to(task.device)
+        self.info = {}
+        lr = self.lr
+        if lr == "auto":
+            lr, _, self.info["auto"] = calibrate(self, model, task, self.auto)
+        grads = self.direction(model, task)
+        self.step(model, grads, float(lr))
+        grad_norm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads.values())))
+        self.info.update(lr=float(lr), optimizer=self.optimizer, update_grad_norm=grad_norm)
         return model

@@ -8,7 +8,10 @@ With importances ``I_D`` (full training data D = D_r ∪ D_f) and ``I_f`` (forge
     theta_i   <- beta_i * theta_i   if selected_i, else unchanged.
 
 Importances come from :mod:`unlearn.importance` (``kernels.fisher_diagonal``). ``importance=batch`` mirrors the
-reference code (squared batch-mean gradient averaged over batches, batch size ``batch_size``), for which the reference's
+reference code (squared batch-mean gradient averaged over batches, batch size ``batch_size``) in the reference's batch
+order by default (``order=reference``: D = retain set grouped by class, then the forget set, unshuffled; see
+:func:`ordered_pools`; equal to the reference code on the same weights, ``tests/unlearn/test_ssd_reference_order.py``),
+for which the reference's
 alpha defaults hold (table ``REFERENCE_ALPHA``: ViT-B 5 for full-class, 25 for sub-class, 10 otherwise; ResNet 10;
 lambda 1); small ViTs (embed_dim <= 192, this framework's CPU backbone) use ``CALIBRATED_ALPHA`` (digits-calibrated).
 ``importance=per_sample`` is the exact empirical Fisher; its scale differs, and since D contains D_f,
@@ -48,10 +51,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from unlearn.calibrate import AutoConfig, Calibratable, calibrate
 from unlearn.context import UnlearnConfigError
 from unlearn.methods.base import UnlearningMethod, UnlearnTask, check_choice, check_positive
 
 MODES = ("batch", "per_sample")
+ORDERS = ("reference", "shuffled")
 # (backbone family, forget type) -> alpha of the reference code (forget_*_main.py: 10 * model_size_scaler)
 REFERENCE_ALPHA = {
     ("vit", "class"): 5.0,
@@ -85,6 +90,23 @@ def backbone_family(backbone_cfg: Any) -> str:
     return "resnet"
 
 
+def ordered_pools(task: UnlearnTask, order: str) -> tuple[Any, Any]:
+    """The forget pool and the full-data pool D in the order their importances are computed.
+
+    ``reference`` (default): the reference code's loaders (``forget_full_class_main.py``): D = the retain set grouped
+    by class in class order, then the forget set (``ConcatDataset(retain, forget)``), and the forget set alone, both
+    unshuffled. Most batches then hold one class, and the squared batch-mean gradients, hence the reference's alphas,
+    are those of the paper. ``shuffled``: D in a seeded random order (``task.seed``); its batches mix classes and
+    their mean gradients cancel, so I_D is several times smaller and the same alpha selects many more weights (6.7x on a
+    digits ``cnn_small`` model); calibrate alpha for it (``alpha=auto``). In ``per_sample`` mode the order changes
+    nothing but float summation order.
+    """
+    if order == "shuffled":
+        return task.forget, task.full
+    forget, retain = task.forget.grouped_by_class(), task.retain.grouped_by_class()
+    return forget, retain.subset(retain.keys + forget.keys)
+
+
 @torch.no_grad()
 def dampen(
     model: nn.Module, imp_forget: dict[str, Tensor], imp_full: dict[str, Tensor], alpha: float, lam: float
@@ -103,8 +125,10 @@ def dampen(
     return n_selected
 
 
-class SSD(UnlearningMethod):
-    """SSD with reference (batch) or exact (per-sample) importances; the full-data importance is cached."""
+class SSD(UnlearningMethod, Calibratable):
+    """SSD with reference (batch) or exact (per-sample) importances; the full-data importance is cached.
+    ``alpha="auto"``: alpha and lambda chosen on held-out classes of the same checkpoint (:mod:`unlearn.calibrate`,
+    grid and criterion in ``auto``; in per_sample mode the grid holds ``alpha_relative`` values)."""
 
     variant = "ssd"
 
@@ -113,9 +137,11 @@ class SSD(UnlearningMethod):
         name: str = "ssd",
         importance: str = "batch",
         batch_size: int = 64,
-        alpha: float | None = None,
+        alpha: float | str | None = None,
         alpha_relative: float = 0.8,
         cache: bool = True,
+        order: str = "reference",
+        auto: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(name)
@@ -123,14 +149,19 @@ class SSD(UnlearningMethod):
         if kwargs:
             raise UnlearnConfigError(f"unlearn_method: unknown keys {sorted(kwargs)} for {name}")
         check_choice("unlearn_method.importance", importance, MODES)
+        check_choice("unlearn_method.order", order, ORDERS)
         check_positive("unlearn_method.batch_size", batch_size, integer=True)
         check_positive("unlearn_method.alpha_relative", alpha_relative)
-        if alpha is not None:
+        if isinstance(alpha, str) and alpha != "auto":
+            raise UnlearnConfigError(f"unlearn_method.alpha={alpha!r}; allowed: a positive number, auto or null")
+        if alpha is not None and alpha != "auto":
             check_positive("unlearn_method.alpha", alpha)
         self.lam = 1.0 if lam is None else float(lam)
         check_positive("unlearn_method.lambda", self.lam)
         self.mode, self.batch_size, self.alpha, self.alpha_relative = importance, int(batch_size), alpha, alpha_relative
         self.use_cache = bool(cache)
+        self.order = order
+        self.auto = AutoConfig.from_config(auto, "unlearn_method.auto")
 
     def resolve_alpha(self, task: UnlearnTask) -> float:
         if self.alpha is not None:
@@ -146,29 +177,57 @@ class SSD(UnlearningMethod):
 
         return fisher_importance(model, data, self.mode, lambda x: task.logits(model, x))
 
-    def unlearn(self, model: nn.Module, task: UnlearnTask) -> nn.Module:
+    def importances(self, model: nn.Module, task: UnlearnTask) -> tuple[dict[str, Tensor], dict[str, Tensor], bool]:
+        """``(I_f, I_D, whether I_D came from the cache)`` in the configured order."""
         from unlearn.importance import cache_path, cache_root, cached, data_digest
 
-        model.to(task.device)
-        imp_f = self.importance(model, task.loader(task.forget, batch_size=self.batch_size), task)
-        full_loader = task.loader(task.full, shuffle=True, batch_size=self.batch_size)
+        forget, full = ordered_pools(task, self.order)
+        imp_f = self.importance(model, task.loader(forget, batch_size=self.batch_size), task)
+        shuffle = self.order == "shuffled"
+        full_loader = task.loader(full, shuffle=shuffle, batch_size=self.batch_size)
         key = {
             "variant": self.variant,
             "mode": self.mode,
             "batch_size": self.batch_size,
-            "seed": task.seed,
-            "data": data_digest(list(task.full.keys)),
+            "order": self.order,
+            "seed": task.seed if shuffle else None,
+            "data": data_digest(list(full.keys)),
             "checkpoint": task.ctx.checkpoint_hash,
         }
-        if self.use_cache:
-            path = cache_path(cache_root(task.ctx.run_dir, task.work_dir), task.ctx.checkpoint_hash, key)
-            imp_d, hit = cached(path, key, lambda: self.importance(model, full_loader, task))
+        if not self.use_cache:
+            return imp_f, self.importance(model, full_loader, task), False
+        path = cache_path(cache_root(task.ctx.run_dir, task.work_dir), task.ctx.checkpoint_hash, key)
+        imp_d, hit = cached(path, key, lambda: self.importance(model, full_loader, task))
+        return imp_f, imp_d, hit
+
+    def effective_alpha(self, value: float, task: UnlearnTask) -> float:
+        """A grid value as an alpha: itself in batch mode, ``value * |D| / |D_f|`` (alpha_relative) in per_sample."""
+        return value * len(task.full) / len(task.forget) if self.mode == "per_sample" else value
+
+    def grid(self, auto: AutoConfig) -> list[float]:
+        return auto.grid_relative if self.mode == "per_sample" else auto.grid
+
+    def prepare(self, model: nn.Module, task: UnlearnTask) -> Any:
+        return self.importances(model, task)[:2]
+
+    def apply(self, model: nn.Module, state: Any, task: UnlearnTask, value: float, lam: float) -> None:
+        dampen(model, state[0], state[1], self.effective_alpha(value, task), lam)
+
+    def unlearn(self, model: nn.Module, task: UnlearnTask) -> nn.Module:
+        model.to(task.device)
+        self.info = {}
+        lam = self.lam
+        if self.alpha == "auto":
+            value, lam, entry = calibrate(self, model, task, self.auto)
+            alpha = self.effective_alpha(value, task)
+            self.info["auto"] = entry
         else:
-            imp_d, hit = self.importance(model, full_loader, task), False
-        alpha = self.resolve_alpha(task)
-        n = dampen(model, imp_f, imp_d, alpha, self.lam)
+            alpha = self.resolve_alpha(task)
+        imp_f, imp_d, hit = self.importances(model, task)
+        n = dampen(model, imp_f, imp_d, alpha, lam)
         total = sum(v.numel() for v in imp_f.values())
-        self.info = {"alpha": alpha, "lambda": self.lam, "importance": self.mode, "importance_cached": hit}
+        self.info.update(alpha=alpha, importance=self.mode, order=self.order, importance_cached=hit)
+        self.info["lambda"] = lam
         self.info.update(selected_parameters=n, selected_fraction=n / max(total, 1))
         return model
 
