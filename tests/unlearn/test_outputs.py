@@ -36,7 +36,8 @@ def test_the_training_run_directory_is_refused_as_output(trained):  # noqa: F811
     from unlearn.context import UnlearnConfigError
 
     before = _files(trained / "checkpoints")
-    with pytest.raises(UnlearnConfigError, match=r"already holds a run \(checkpoints, metrics.json, config.yaml\)"):
+    markers = r"already holds a run \(checkpoints, .hydra, metrics.json, config.yaml\)"
+    with pytest.raises(UnlearnConfigError, match=markers):
         unlearn(trained, trained, "unlearn_method=ssd", "forget.classes=[1]")
     assert _files(trained / "checkpoints") == before
 
