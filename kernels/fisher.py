@@ -188,7 +188,8 @@ def _fast_part(plan, model, forward_fn, x, y, generator, chunk, seq, vec, sums) 
         ref = fisher_reference.per_sample_sqsum(model, forward_fn, x[:2], y[:2], names, chunk)
         for _, _, full in list(plan.broadcast):
             total, first_two = plan.check_values.pop(full)
-            if torch.allclose(first_two.to(ref[full].dtype), ref[full], rtol=1e-3, atol=1e-12):
+            scale = float(ref[full].abs().max())  # float32 sums of squares: elements near 0 differ by ~1e-5*max
+            if torch.allclose(first_two.to(ref[full].dtype), ref[full], rtol=1e-3, atol=1e-4 * scale + 1e-12):
                 sums[full].add_(total.to(sums[full].dtype))
             else:
                 plan.broadcast = [b for b in plan.broadcast if b[2] != full]

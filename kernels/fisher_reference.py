@@ -56,7 +56,11 @@ def per_sample_sqsum(
     total = sum(params[n].numel() for n in names)
     c = chunk_size(x.shape[0], total, chunk)
     for s in range(0, x.shape[0], c):
-        grads = per_sample(diff, x[s : s + c], y[s : s + c])
+        # torch.func.grad differentiates ``diff`` only; the parameters left out of ``names`` still require grad and
+        # would give the result an outer autograd graph (through attention's backward, which has no derivative for
+        # fused SDPA): no_grad keeps the outer graph off, the inner transform ignores it (torch.func.grad's docs)
+        with torch.no_grad():
+            grads = per_sample(diff, x[s : s + c], y[s : s + c])
         for n in names:
             out[n].add_(grads[f"model.{n}"].to(out[n].dtype).square().sum(0))  # outputs may alias
     return out
