@@ -10,7 +10,9 @@ change an experiment; matrices of different sizes are never averaged together), 
 - ``runs.csv``: one row per run (complete or not) with its group, seed, status and metrics;
 - ``acc_matrix_<group>.png``: the element-wise mean accuracy matrix of each group (``cl.metrics.plots``);
 - ``retention_<group>.{csv,png}``: the mean retention curves (±std over seeds) of each group whose runs used
-  ``+callbacks=retention`` (``cl.analysis.retention``).
+  ``+callbacks=retention`` (``cl.analysis.retention``);
+- ``tradeoff.png`` (A_T vs forgetting, std bars), ``accuracy_curves.png`` (A_t after each experience, std bars) and
+  ``acc_matrices.png`` (the mean matrices side by side): :mod:`experiments.aggregate_plots`.
 
 std is the sample standard deviation (ddof = 1) over the group's runs; with one run it is empty. A metric absent or
 null in some runs is averaged over the runs that have it (the count is in ``<metric>_n`` in the CSV).
@@ -121,6 +123,7 @@ def aggregate(sweep_dir: Path, out_dir: Path | None = None, extra_keys: tuple[st
     from cl.analysis.retention import write_mean_curves
     from cl.metrics.plots import plot_acc_matrix
     from cl.utils.atomic import write_text
+    from experiments.aggregate_plots import write_sweep_plots
 
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
@@ -161,6 +164,8 @@ def aggregate(sweep_dir: Path, out_dir: Path | None = None, extra_keys: tuple[st
             written.append(plot_acc_matrix(matrix, out_dir / f"acc_matrix_{slug(group)}.png", title=title))
         title = f"{' / '.join(p for p in group if p)}: retention, mean ± std of {len(members)} run(s)"
         written += write_mean_curves([r.path for r in members], out_dir, slug(group), title)
+    labels = {group: " / ".join(p for p in group if p) for group in groups}  # pictures: experiments.aggregate_plots
+    written += write_sweep_plots({labels[g]: [r.metrics for r in members] for g, members in groups.items()}, out_dir)
     return {"rows": rows, "incomplete": incomplete, "files": written, "keys": keys, "metrics": metrics}
 
 
