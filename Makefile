@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_FLAGS ?=
 
-.PHONY: setup run test test-slow test-slurm lint bench clean
+.PHONY: setup run test test-slow test-slurm lint bench gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -33,6 +33,10 @@ lint: setup
 
 bench: setup
 	$(PY) experiments/bench/stream_overhead.py
+
+# every GPU test and GPU benchmark in <= 8 minutes on one GPU, one summary table (says so and skips without a GPU)
+gpu-check: setup
+	$(PY) scripts/gpu_check.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
