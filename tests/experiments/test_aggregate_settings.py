@@ -41,7 +41,7 @@ def test_runs_of_different_lengths_are_two_groups(tmp_path):
     assert result["keys"] == ["data.name", "scenario.name", "scenario.n_experiences"]  # not seed/devices/paths
     rows = {r["scenario.n_experiences"]: (r["n_runs"], r["avg_acc_mean"]) for r in result["rows"]}
     assert rows == {"2": (2, 0.7), "5": (2, 0.4)}
-    pngs = sorted(p.name for p in result["files"] if p.suffix == ".png")
+    pngs = sorted(p.name for p in result["files"] if p.name.startswith("acc_matrix_"))  # not the sweep pictures
     assert len(pngs) == 2 and all(p.startswith("acc_matrix_finetune__digits__class__") for p in pngs)
 
 
