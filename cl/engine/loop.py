@@ -213,7 +213,8 @@ class StreamRunner:
         )
         loader = self.train_loader(self.method.train_dataset(exp, self.stream), t, world_size_of(trainer))
         try:
-            trainer.fit(self.method, train_dataloaders=loader)
+            if self.method.trainable_parameters():  # a training-free method (SimpleCIL) has nothing to fit
+                trainer.fit(self.method, train_dataloaders=loader)
         except SIGTERMException as err:
             raise Preempted(t) from err
         if trainer.received_sigterm:
