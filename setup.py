@@ -33,7 +33,10 @@ setup(
         "hydra-core>=1.3",
         "timm>=1.0",
         "peft>=0.10",
-        "transformers>=4.40",
+        # <5.25: transformers 5.25 requires Hugging Face's `kernels` distribution, whose import name is this
+        # project's top-level `kernels` package: transformers then imports ours at start-up and fails (ImportError
+        # CUDAProperties). Lift the cap once the names no longer clash.
+        "transformers>=4.40,<5.25",
         "torchmetrics>=1.0",
         "avalanche-lib>=0.6",
         "hydra-submitit-launcher>=1.2",
