@@ -15,10 +15,9 @@ reference code github OcraM17/GCAB-CFDC ``continual/convit.py``), organised arou
 The gates act only through elementwise products with the weights' rows/columns, so soft and binarised masks take the
 same path; with binarised masks the units outside a mask contribute exact zeros.
 
-Backends: ``reference`` (the literal formula), ``torch`` (the folded form above, autograd), ``triton`` (the folded
-form with the pass over the tokens -- scores, softmax, weighted mean; forward and backward -- in one Triton kernel,
-:mod:`kernels.gated_attention_triton`; CPU tensors need ``TRITON_INTERPRET=1``), ``auto`` (triton on CUDA float
-tensors when Triton imports, torch otherwise).
+Backends: ``reference`` (the literal formula), ``torch`` (the folded form above, autograd), ``auto`` (= ``torch``).
+A fused Triton kernel (forward and backward of the pass over the tokens) is not written yet: the folded form already
+runs below an ungated SDPA class-attention on CPU (``experiments/bench/gated_attention.py``).
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ from torch import Tensor
 
 from kernels.gated_attention_reference import gated_class_attention_reference
 
-BACKENDS = ("auto", "reference", "torch", "triton")
+BACKENDS = ("auto", "reference", "torch")
 
 
 def _check(tokens: Tensor, x: Tensor, m0: Tensor, q_weight: Tensor, num_heads: int, backend: str) -> None:
@@ -88,20 +87,6 @@ def attend_torch(tokens: Tensor, x: Tensor, qt: Tensor) -> Tensor:
     return zbar + a[..., :1] * tokens[:, :, None, :]
 
 
-def _triton_usable(*ts: Tensor) -> bool:
-    import os
-
-    if not all(t.dtype in (torch.float32, torch.float16, torch.bfloat16) for t in ts):
-        return False
-    if not (all(t.is_cuda for t in ts) or os.environ.get("TRITON_INTERPRET", "0") == "1"):
-        return False
-    try:
-        import kernels.gated_attention_triton  # noqa: F401  (imports triton)
-    except ImportError:
-        return False
-    return True
-
-
 def gated_class_attention(
     tokens: Tensor,
     x: Tensor,
@@ -130,13 +115,5 @@ def gated_class_attention(
         )
     del k_bias  # constant over the keys of a query: no effect on the softmax, hence none on the output
     qt = fold_query(tokens, m0, q_weight, k_weight, num_heads, q_bias)
-    use_triton = backend == "triton" or (backend == "auto" and tokens.is_cuda and _triton_usable(tokens, x, qt))
-    if use_triton:
-        if not _triton_usable(tokens, x, qt):
-            raise ValueError("gated_class_attention: backend='triton' needs CUDA float tensors or TRITON_INTERPRET=1")
-        from kernels.gated_attention_triton import attend_triton
-
-        zbar = attend_triton(tokens, x, qt)
-    else:
-        zbar = attend_torch(tokens, x, qt)
+    zbar = attend_torch(tokens, x, qt)
     return value_out(zbar, m0, v_weight, proj_weight, proj_bias, v_bias)
