@@ -71,8 +71,9 @@ def _two_processes(ckpt: Path, out: Path, cls: int, extra: list[str]) -> subproc
 
 
 def _written_once(out: Path) -> None:
-    log = (out / "train_ddp_process_1.log").read_text()
-    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in log  # rank 1 existed and joined the group
+    # rank 1 joined the group: a 2-process init_process_group only returns once both ranks are in (a lone rank 0
+    # would wait out the test's timeout). Its Hydra log file is no longer written since run records are written by
+    # the engine after the checks (issue 18), so the log is not where to look.
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["unlearned_task_1.ckpt"]
     names = sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.endswith(".log"))
     assert names == ["unlearn_report.csv", "unlearn_report.json", "unlearn_report.png"], names
