@@ -15,9 +15,12 @@ reference code github OcraM17/GCAB-CFDC ``continual/convit.py``), organised arou
 The gates act only through elementwise products with the weights' rows/columns, so soft and binarised masks take the
 same path; with binarised masks the units outside a mask contribute exact zeros.
 
-Backends: ``reference`` (the literal formula), ``torch`` (the folded form above, autograd), ``auto`` (= ``torch``).
-A fused Triton kernel (forward and backward of the pass over the tokens) is not written yet: the folded form already
-runs below an ungated SDPA class-attention on CPU (``experiments/bench/gated_attention.py``).
+Backends (``backend=``, in GCAB ``method.kernel_backend``): ``reference`` (the literal formula), ``torch`` (the folded
+form above, autograd), ``triton`` (the folded form with the pass over the tokens -- scores, online softmax, weighted
+mean, and their backward -- fused in :mod:`kernels.gated_attention_triton`; CUDA tensors, or CPU tensors under
+``TRITON_INTERPRET=1`` for tests), ``auto`` (``triton`` for CUDA float32/16/bf16 tensors when Triton is installed,
+else ``torch``). The query fold and the value/projection GEMMs stay in torch in every backend (``O(D^2)`` per task
+token). Speed: ``experiments/bench/gated_attention.py``.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from torch import Tensor
 
 from kernels.gated_attention_reference import gated_class_attention_reference
 
-BACKENDS = ("auto", "reference", "torch")
+BACKENDS = ("auto", "reference", "torch", "triton")
 
 
 def _check(tokens: Tensor, x: Tensor, m0: Tensor, q_weight: Tensor, num_heads: int, backend: str) -> None:
@@ -87,6 +90,35 @@ def attend_torch(tokens: Tensor, x: Tensor, qt: Tensor) -> Tensor:
     return zbar + a[..., :1] * tokens[:, :, None, :]
 
 
+def triton_available() -> bool:
+    """Triton is importable (the ``triton`` backend needs it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("triton") is not None
+
+
+def _attend(backend: str, tokens: Tensor, x: Tensor, qt: Tensor) -> Tensor:
+    if backend == "torch":
+        return attend_torch(tokens, x, qt)
+    if backend == "auto":
+        fast = x.is_cuda and triton_available()
+        if not fast:
+            return attend_torch(tokens, x, qt)
+        from kernels import gated_attention_triton as gt
+
+        return gt.attend_triton(tokens, x, qt) if gt.usable(tokens, x, qt) else attend_torch(tokens, x, qt)
+    if not triton_available():
+        raise ValueError("gated_class_attention: backend='triton' needs the triton package (pip install triton)")
+    from kernels import gated_attention_triton as gt
+
+    if not gt.usable(tokens, x, qt):
+        raise ValueError(
+            "gated_class_attention: backend='triton' needs CUDA tensors of float32/float16/bfloat16 (CPU tensors only "
+            f"under TRITON_INTERPRET=1); got {x.device} {x.dtype}. Use backend='auto' or 'torch'"
+        )
+    return gt.attend_triton(tokens, x, qt)
+
+
 def gated_class_attention(
     tokens: Tensor,
     x: Tensor,
@@ -115,5 +147,5 @@ def gated_class_attention(
         )
     del k_bias  # constant over the keys of a query: no effect on the softmax, hence none on the output
     qt = fold_query(tokens, m0, q_weight, k_weight, num_heads, q_bias)
-    zbar = attend_torch(tokens, x, qt)
+    zbar = _attend(backend, tokens, x, qt)
     return value_out(zbar, m0, v_weight, proj_weight, proj_bias, v_bias)

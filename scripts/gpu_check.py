@@ -5,7 +5,8 @@ Steps (each a subprocess with its own time limit; the limits add up to the budge
 overall deadline is skipped):
 
 1. ``device``: the CUDA device, capability, bf16 support, Triton's version;
-2. ``pytest -m gpu``: every test marked ``gpu`` (the compiled Triton Fisher kernels against their references, ...),
+2. ``pytest -m gpu``: every test marked ``gpu`` (the compiled Triton Fisher kernels and GCAB's gated class-attention
+   kernels against their references, ...),
    with ``TRITON_INTERPRET`` unset;
 3. ``cl.run trainer=gpu``: the offline default experiment (CODA-Prompt on digits, with its finetune reference) on the
    GPU, fp32;

@@ -56,6 +56,7 @@ from cl.methods.base import ContinualMethod
 from cl.modules import hat
 from cl.modules.drift_projector import DriftProjector, cascade
 from cl.modules.gcab_block import GatedClassAttentionBlock
+from kernels.gated_attention import BACKENDS as KERNEL_BACKENDS
 
 LOSSES = ("bce", "ce")
 PFR_LOSSES = ("norm", "mse")
@@ -94,6 +95,8 @@ class GCAB(ContinualMethod):
         super().__init__(backbone, num_classes, optimizer, scheduler, **kwargs)
         if loss not in LOSSES:
             raise ValueError(f"method.loss={loss!r}; allowed: {list(LOSSES)}")
+        if kernel_backend not in KERNEL_BACKENDS:
+            raise ValueError(f"method.kernel_backend={kernel_backend!r}; allowed: {list(KERNEL_BACKENDS)}")
         if pfr_loss not in PFR_LOSSES:
             raise ValueError(f"method.pfr_loss={pfr_loss!r}; allowed: {list(PFR_LOSSES)}")
         if not smax > 0:

@@ -12,7 +12,8 @@ Run it alone (2 shared CPU cores: ``flock -x /tmp/bench.lock``) and quote the ra
 
     uptime; flock -x /tmp/bench.lock python -m experiments.bench.gated_attention; uptime
 
-GPU figures need a CUDA machine (``--device cuda``); the Triton backend is not written yet (auto = torch).
+GPU figures need a CUDA machine (``--device cuda``): there the Triton backend (``kernels/gated_attention_triton.py``)
+is timed beside the torch one (``train_gated_triton``, ``infer_gated_triton``); not measured yet (no GPU so far).
 
 Measured 2026-12-03 (CPU, 1 thread, defaults B=128, N=64+1, D=192, H=3, T=10, 5 rounds; the machine was shared,
 load average 11-12, so absolute times are inflated and only the side-by-side ratios count):
@@ -79,17 +80,23 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         for c in range(t):
             attn(torch.cat((tokens[:, c : c + 1], xs), dim=1))
 
-    @torch.no_grad()
-    def gated_inference():
-        gated_class_attention(tokens, xs, masks, *w, attn.proj.bias, h, backend="torch")
+    def gated_inference(backend):
+        @torch.no_grad()
+        def fn():
+            gated_class_attention(tokens, xs, masks, *w, attn.proj.bias, h, backend=backend)
+
+        return fn
 
     cases = {
         "train_ungated_sdpa": ungated_step,
         "train_gated_torch": gated_step("torch"),
         "train_gated_reference": gated_step("reference"),
         "infer_ungated_T_passes": ungated_inference,
-        "infer_gated_torch": gated_inference,
+        "infer_gated_torch": gated_inference("torch"),
     }
+    if dev.type == "cuda":  # the fused kernels run compiled on CUDA only (on CPU: the interpreter, for tests)
+        cases["train_gated_triton"] = gated_step("triton")
+        cases["infer_gated_triton"] = gated_inference("triton")
     for fn in cases.values():  # warm-up
         fn()
     times: dict[str, list[float]] = {k: [] for k in cases}
@@ -101,6 +108,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     out["ratio_train_gated_torch_over_ungated"] = med["train_gated_torch"] / med["train_ungated_sdpa"]
     out["ratio_train_gated_reference_over_ungated"] = med["train_gated_reference"] / med["train_ungated_sdpa"]
     out["ratio_infer_gated_over_T_ungated"] = med["infer_gated_torch"] / med["infer_ungated_T_passes"]
+    if "train_gated_triton" in med:
+        out["ratio_train_gated_triton_over_ungated"] = med["train_gated_triton"] / med["train_ungated_sdpa"]
+        out["ratio_infer_gated_triton_over_T_ungated"] = med["infer_gated_triton"] / med["infer_ungated_T_passes"]
     out["old_mask_density"] = float(masks[:-1].mean())
     print(f"B={b} N={n}+1 D={d} H={h} T={t} device={dev} threads={args.threads} rounds={args.rounds}")
     for k, v in out.items():

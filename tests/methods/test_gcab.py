@@ -222,6 +222,9 @@ def test_bad_config_values_are_refused():
         tiny_gcab(pfr_loss="l1")
     with pytest.raises(ValueError, match="method.projector_norm"):
         tiny_gcab(projector_norm="batch")
+    allowed = r"method.kernel_backend='cuda'; allowed: \['auto', 'reference', 'torch', 'triton'\]"
+    with pytest.raises(ValueError, match=allowed):
+        tiny_gcab(kernel_backend="cuda")
 
 
 def test_warmup_cosine_schedule_by_hand():
