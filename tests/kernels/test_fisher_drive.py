@@ -95,14 +95,14 @@ def test_in_place_on_the_first_layer_output() -> None:
         assert rel_err(fast.diag[n], ref.diag[n]) < 1e-5, n
 
 
-@pytest.mark.parametrize("block", [1 << 12, rules.CACHE_BLOCK])
+@pytest.mark.parametrize("block", [1 << 12, 300 * 230 // 3, 2 * 300 * 230, rules.SEQ_BLOCK])
 def test_blocked_sequence_product(block: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The per-sample, per-row-block CPU path (O x K above SMALL_GRAD; row blocks not dividing O) equals the einsum."""
-    monkeypatch.setattr(rules, "CACHE_BLOCK", block)
+    """Both CPU paths equal the einsum: per sample and per row block (O x K above SEQ_BLOCK; row blocks not dividing
+    O) and several samples per bmm (c = SEQ_BLOCK // (O K) not dividing B), through the reused scratch buffer."""
+    monkeypatch.setattr(rules, "SEQ_BLOCK", block)
     gen = torch.Generator().manual_seed(3)
-    g = torch.randn(3, 5, 300, generator=gen, dtype=torch.float64)
-    x = torch.randn(3, 5, 230, generator=gen, dtype=torch.float64)
-    assert 300 * 230 > rules.SMALL_GRAD
+    g = torch.randn(7, 5, 300, generator=gen, dtype=torch.float64)
+    x = torch.randn(7, 5, 230, generator=gen, dtype=torch.float64)
     expect = torch.einsum("bto,btk->bok", g, x).square().sum(0)
     assert rel_err(rules.seq_sqsum_torch(g, x, None), expect) < 1e-12
     out32 = torch.ones(300, 230)
