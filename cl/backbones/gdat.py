@@ -14,8 +14,14 @@ Lee et al., ICCV 2025 (arXiv 2507.02395); reference github Hyun1A/CoMEL @9fd6679
 :class:`cl.backbones.Backbone` contract (``forward(x)`` -> features of size ``num_features``) so that every method runs
 on it; :meth:`GDATMIL.forward_mil` also returns the attention and instance features (localisation, BPPL).
 
-``checkpoint_blocks`` recomputes each block's activations in backward (``torch.utils.checkpoint``): whole-slide bags
-of 1e5 instances then train in a few GB (experiments/bench/mil_scaling.py), at the cost of one more forward.
+``checkpoint_blocks`` recomputes each block's activations in backward (``torch.utils.checkpoint``), at the cost of
+one more forward; it only halves the activation memory of 2 blocks, since a block's recomputed activations (~50 x N x
+dim floats, the MLP's N x 4 dim ones first) are all alive in its backward. ``chunk_tokens`` (GDAT only) computes
+the model in chunks of that many instances, each chunk recomputed in backward: the embedding, each block's agents
+(sums of the normalised tokens per intra-region position) and the agents' softmax over all instance keys (merged across
+chunks by log-sum-exp), the instances' attention to the agents, projection and MLP, and the pooling scores. The same
+function (chunks change the order of floating-point sums and the dropout draws, nothing else); activation memory is a
+few N x dim tensors plus one chunk's. Measured in experiments/bench/mil_scaling.py.
 
 Input: a batch of bags ``(B, N, in_dim)``, or packed bags ``(B, n, in_dim + 1)`` (:mod:`cl.data.mil.packing`). Each bag
 runs on its own real instances, so a packed bag and the bag itself give the same outputs.
@@ -35,7 +41,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from cl.backbones.gdat_attention import FullSelfAttention, GroupedDoubleAttention
+from cl.backbones.gdat_attention import FullSelfAttention, GroupedDoubleAttention, recomputed
 from cl.data.mil.packing import unpack_bags
 
 ATTENTIONS = {"gdat": GroupedDoubleAttention, "full": FullSelfAttention}
@@ -66,8 +72,19 @@ class Block(nn.Module):
             nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(drop), nn.Linear(hidden, dim), nn.Dropout(drop)
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x: torch.Tensor, chunk_tokens: int | None = None) -> torch.Tensor:
+        if not chunk_tokens:
+            x = x + self.attn(self.norm1(x))
+            return x + self.mlp(self.norm2(x))
+        ka, agent_v, agent_mask = self.attn.chunked_agent_context(x, chunk_tokens, self.norm1)
+        chunks = [
+            recomputed(self._token_part, x[:, i : i + chunk_tokens], ka, agent_v, agent_mask)
+            for i in range(0, x.shape[1], chunk_tokens)
+        ]
+        return torch.cat(chunks, dim=1)
+
+    def _token_part(self, x: torch.Tensor, ka, agent_v, agent_mask) -> torch.Tensor:
+        x = x + self.attn.attend_chunk(self.norm1(x), ka, agent_v, agent_mask)
         return x + self.mlp(self.norm2(x))
 
 
@@ -82,8 +99,12 @@ class AttentionPool(nn.Module):
             nn.Linear(dim, hidden, bias=False), POOL_ACTS[act](), nn.Linear(hidden, 1, bias=False)
         )
 
-    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        a = self.score(h).squeeze(-1).softmax(dim=-1)  # B, N
+    def forward(self, h: torch.Tensor, chunk_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if chunk_tokens:
+            scores = [recomputed(self.score, h[:, i : i + chunk_tokens]) for i in range(0, h.shape[1], chunk_tokens)]
+            a = torch.cat(scores, dim=1).squeeze(-1).softmax(dim=-1)
+        else:
+            a = self.score(h).squeeze(-1).softmax(dim=-1)  # B, N
         return (a.unsqueeze(1) @ h).squeeze(1), a
 
 
@@ -108,6 +129,7 @@ class GDATMIL(nn.Module):
         pool_act: str = "tanh",
         instance_prob: str = "minmax",
         checkpoint_blocks: bool = False,
+        chunk_tokens: int | None = None,
     ) -> None:
         super().__init__()
         if attention not in ATTENTIONS:
@@ -116,7 +138,13 @@ class GDATMIL(nn.Module):
             raise ValueError(f"backbone.instance_prob={instance_prob!r}; allowed: {list(INSTANCE_PROBS)}")
         self.name = f"{attention}_mil"
         self.in_dim, self.num_features, self.instance_prob = int(in_dim), int(dim), instance_prob
+        if chunk_tokens is not None and (int(chunk_tokens) < 1 or attention != "gdat"):
+            raise ValueError(
+                f"backbone.chunk_tokens={chunk_tokens} with backbone.attention={attention!r}: chunks need "
+                "attention=gdat and chunk_tokens >= 1 (null: no chunks)"
+            )
         self.checkpoint_blocks = bool(checkpoint_blocks)
+        self.chunk_tokens = int(chunk_tokens) if chunk_tokens else None
         self.embed = nn.Sequential(nn.Linear(in_dim, dim), nn.ReLU(), nn.Dropout(dropout))
         kw = {"region_size": region_size, "padding": padding} if attention == "gdat" else {}
         self.blocks = nn.ModuleList(
@@ -130,6 +158,13 @@ class GDATMIL(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def _one_bag(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.chunk_tokens:
+            c = self.chunk_tokens
+            h = torch.cat([recomputed(self.embed, x[:, i : i + c]) for i in range(0, x.shape[1], c)], dim=1)
+            for block in self.blocks:
+                h = block(h, c)
+            z, a = self.pool(h, c)
+            return z, a, h
         h = self.embed(x)
         for block in self.blocks:
             if self.checkpoint_blocks and torch.is_grad_enabled():

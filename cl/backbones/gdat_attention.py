@@ -34,10 +34,12 @@ Read against the reference (decisions, see also the issue's list):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 PADDING_MODES = ("masked", "reference")
 MIN_REGION_TOKENS = 10  # the reference's min_region_num: smaller bags are one region of the whole grid
@@ -75,6 +77,20 @@ def group_agents(
     return x_grid, valid, agents, rs
 
 
+def recomputed(fn: Callable, *args):
+    """``fn(*args)``, its activations recomputed in backward (``torch.utils.checkpoint``) when autograd records."""
+    return checkpoint(fn, *args, use_reentrant=False) if torch.is_grad_enabled() else fn(*args)
+
+
+def agent_index(n_tokens: int, region_size: int, device: torch.device | None = None) -> tuple[torch.Tensor, int, int]:
+    """``(agent of each of the first n_tokens grid tokens (n_tokens,), grid side H, region size s)``: token t sits at
+    grid cell (t // H, t % H) and belongs to agent (row % s) * s + col % s, the intra-region position of
+    :func:`group_agents`."""
+    side, rs = grid_geometry(n_tokens, region_size)
+    t = torch.arange(n_tokens, device=device)
+    return (t // side % rs) * rs + t % side % rs, side, rs
+
+
 def agent_valid(grid_valid: torch.Tensor, side: int, rs: int) -> torch.Tensor:
     """(B, s*s) bool: the agents that hold at least one real token."""
     B = grid_valid.shape[0]
@@ -110,8 +126,9 @@ class GroupedDoubleAttention(nn.Module):
         B, n, C = t.shape
         return t.view(B, n, self.num_heads, C // self.num_heads).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, L, C = x.shape
+    def agent_context(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The pass over the whole bag: ``(q, v, k_A, V_A, agent_mask)`` for the grid tokens of ``x`` (B, L, C);
+        ``q`` and ``v`` are (B, heads, H*H, d), ``k_A`` and ``V_A`` (B, heads, s*s, d), ``agent_mask`` None or bool."""
         x_grid, valid, agents, rs = group_agents(x, self.region_size, self.padding)
         side = int(math.isqrt(x_grid.shape[1]))
         q, k, v = (self._heads(t) for t in self.qkv(x_grid).chunk(3, dim=-1))
@@ -123,10 +140,72 @@ class GroupedDoubleAttention(nn.Module):
         # softmax(q k^T / sqrt(d)) v through the fused kernel: the (A x H*H) and (H*H x A) attention maps are not kept
         # for backward, so activation memory stays O(N * C) (the maps alone are 0.8 GB each at N = 1e5, 8 heads)
         agent_v = F.scaled_dot_product_attention(qa, k, v, attn_mask=key_mask, scale=self.scale)
+        return q, v, ka, agent_v, agent_mask
+
+    def instances_attend(
+        self, q: torch.Tensor, v: torch.Tensor, ka: torch.Tensor, agent_v: torch.Tensor, agent_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Instance queries over the agents plus the value residual, then the projection: (B, n, C) for the n tokens
+        of ``q``/``v`` (B, heads, n, d). Each instance's output depends on the bag only through ``ka``/``agent_v``."""
         out = F.scaled_dot_product_attention(q, ka, agent_v, attn_mask=agent_mask, scale=self.scale)
         out = out + self.value_residual * v
-        out = out.transpose(1, 2).reshape(B, -1, C)[:, :L]
-        return self.proj_drop(self.proj(out))
+        B, _, n, _ = out.shape
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, n, -1)))
+
+    def attend_chunk(
+        self, x: torch.Tensor, ka: torch.Tensor, agent_v: torch.Tensor, agent_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The output for a chunk ``x`` (B, n, C) of the bag's tokens, given the whole bag's agent keys and values."""
+        q, _, v = (self._heads(t) for t in self.qkv(x).chunk(3, dim=-1))
+        return self.instances_attend(q, v, ka, agent_v, agent_mask)
+
+    def chunked_agent_context(
+        self, x: torch.Tensor, chunk: int, pre: Callable[[torch.Tensor], torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(k_A, V_A, agent_mask)`` of :meth:`agent_context` for the tokens ``pre(x)``, computed in chunks of
+        ``chunk`` tokens, each recomputed in backward: the agents are sums of ``pre(x)`` per intra-region position,
+        and the agents' softmax over all keys is merged across chunks (log-sum-exp). The grid padding is never built:
+        ``padding="reference"`` adds its zero tokens (keys and values of qkv(0)) and divides the sums by the number of
+        regions, ``"masked"`` divides by the real tokens per agent and masks the empty agents, as :func:`group_agents`.
+        """
+        B, L, C = x.shape
+        idx, side, rs = agent_index(L, self.region_size, x.device)
+        n_agents = rs * rs
+        spans = [(i, min(i + chunk, L)) for i in range(0, L, chunk)]
+        sums = sum(recomputed(self._agent_sums, pre, x[:, i:j], idx[i:j], n_agents) for i, j in spans)
+        counts = torch.bincount(idx, minlength=n_agents).to(x.dtype)
+        agent_mask = None
+        if self.padding == "masked":
+            agents = sums / counts.clamp(min=1.0)[:, None]
+            agent_mask = (counts > 0).expand(B, -1)[:, None, None, :]
+        else:
+            agents = sums / (side // rs) ** 2
+        qa, ka, _ = (self._heads(t) for t in self.qkv(agents).chunk(3, dim=-1))
+        parts = [recomputed(self._agent_partial, pre, x[:, i:j], qa) for i, j in spans]
+        if self.padding == "reference" and side * side > L:
+            parts.append(recomputed(self._agent_partial, None, x.new_zeros(B, side * side - L, C), qa))
+        top = torch.stack([m for m, _, _ in parts]).amax(dim=0)
+        num = sum(torch.exp(m - top) * o for m, _, o in parts)
+        den = sum(torch.exp(m - top) * z for m, z, _ in parts)
+        return ka, num / den, agent_mask
+
+    @staticmethod
+    def _agent_sums(pre: Callable, x: torch.Tensor, idx: torch.Tensor, n_agents: int) -> torch.Tensor:
+        y = pre(x)
+        return y.new_zeros(y.shape[0], n_agents, y.shape[2]).index_add(1, idx, y)
+
+    def _agent_partial(self, pre: Callable | None, x: torch.Tensor, qa: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(max, sum of exp, exp-weighted values) of the agents' attention logits over the chunk's keys."""
+        _, k, v = (self._heads(t) for t in self.qkv(x if pre is None else pre(x)).chunk(3, dim=-1))
+        logits = (qa * self.scale) @ k.transpose(-2, -1)  # B, heads, agents, chunk
+        m = logits.amax(dim=-1, keepdim=True).detach()
+        p = torch.exp(logits - m)
+        return m, p.sum(dim=-1, keepdim=True), p @ v
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        L = x.shape[1]
+        q, v, ka, agent_v, agent_mask = self.agent_context(x)
+        return self.instances_attend(q[:, :, :L], v[:, :, :L], ka, agent_v, agent_mask)
 
 
 class FullSelfAttention(nn.Module):

@@ -5,11 +5,13 @@ self-attention MIL (TransMIL-like, the N x N attention map materialised) for one
 
 Both models are :class:`cl.backbones.gdat.GDATMIL` with the reference's sizes (D = 1024 features in, 512 model, 2
 blocks, 8 heads), in training mode (dropout on), differing only in ``attention`` (``gdat`` | ``full``); GDAT also runs
-with ``checkpoint_blocks`` (``gdat_ckpt``). Each (model, N) runs in its own process: the peak is that process's
-``ru_maxrss`` minus its resident size after building the model and the bag (so it is the step's own memory), the time
-the median of ``--repeats`` steps after one warm-up step. A full-attention run whose attention maps alone
-(heads x N^2 x 4 bytes x 2 per layer: the map kept for backward and its gradient) would exceed ``--limit-gib`` is not
-started and reported as not fitting. Results: at the end of this docstring.
+with ``checkpoint_blocks`` (``gdat_ckpt``) and with ``chunk_tokens=--chunk`` (``gdat_chunk``: per-instance work in
+recomputed chunks, the agents' softmax merged over chunks; same function). Each (model, N) runs in its own process:
+the peak is that process's ``ru_maxrss`` minus its resident size after building the model and the bag (so it is the
+step's own memory), the time the median of ``--repeats`` steps after one warm-up step. A run predicted to exceed
+``--limit-gib`` is not started and reported as not fitting: full attention by its attention maps alone (heads x N^2 x 4
+bytes, one per layer kept for backward plus a map and its gradient in backward), unchunked GDAT by its bytes per
+instance measured at N = 1e4. Results: at the end of this docstring.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ def _rss_bytes() -> int:
         return int(fh.read().split()[1]) * resource.getpagesize()
 
 
-def child(model: str, n: int, repeats: int, threads: int) -> dict[str, float]:
+def child(model: str, n: int, repeats: int, threads: int, chunk: int) -> dict[str, float]:
     import torch
 
     from cl.backbones.gdat import GDATMIL
@@ -38,7 +40,15 @@ def child(model: str, n: int, repeats: int, threads: int) -> dict[str, float]:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     attention = "full" if model == "full" else "gdat"
-    net = GDATMIL(IN_DIM, DIM, DEPTH, HEADS, attention=attention, checkpoint_blocks=model == "gdat_ckpt").train()
+    net = GDATMIL(
+        IN_DIM,
+        DIM,
+        DEPTH,
+        HEADS,
+        attention=attention,
+        checkpoint_blocks=model == "gdat_ckpt",
+        chunk_tokens=chunk if model == "gdat_chunk" else None,
+    ).train()
     x = torch.randn(1, n, IN_DIM)
     base = _rss_bytes()
     times = []
@@ -51,14 +61,23 @@ def child(model: str, n: int, repeats: int, threads: int) -> dict[str, float]:
     return {"seconds": statistics.median(times[1:]), "peak_gib": max(peak - base, 0) / 2**30}
 
 
-def full_attention_gib(n: int) -> float:
-    return HEADS * n * n * 4 * 2 * DEPTH / 2**30
+# bytes per instance of the unchunked GDAT step, measured at N = 1e4 (table below), to skip runs that cannot fit
+LINEAR_BYTES = {"gdat": 1.54e5, "gdat_ckpt": 1.27e5}
+
+
+def predicted_gib(model: str, n: int) -> float:
+    """Full attention: its attention maps alone (heads x N^2 x 4 bytes, kept for backward in each layer, plus the map
+    and its gradient in backward); unchunked GDAT: the measured bytes per instance; chunked GDAT: 0 (always run)."""
+    if model == "full":
+        return HEADS * n * n * 4 * (DEPTH + 2) / 2**30
+    return LINEAR_BYTES.get(model, 0.0) * n / 2**30
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 3000, 10000, 30000, 100000])
-    parser.add_argument("--models", nargs="+", default=["gdat", "gdat_ckpt", "full"])
+    parser.add_argument("--models", nargs="+", default=["gdat", "gdat_ckpt", "gdat_chunk", "full"])
+    parser.add_argument("--chunk", type=int, default=4096, help="backbone.chunk_tokens of gdat_chunk")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--limit-gib", type=float, default=8.0)
@@ -66,17 +85,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--child", nargs=2, metavar=("MODEL", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.child[0], int(args.child[1]), args.repeats, args.threads)))
+        print(json.dumps(child(args.child[0], int(args.child[1]), args.repeats, args.threads, args.chunk)))
         return
     rows = []
     for n in args.sizes:
         for model in args.models:
             row: dict[str, object] = {"model": model, "N": n}
-            if model == "full" and full_attention_gib(n) > args.limit_gib:
-                row.update(fits=False, note=f"attention maps alone {full_attention_gib(n):.0f} GiB > {args.limit_gib}")
+            if predicted_gib(model, n) > args.limit_gib:
+                row.update(fits=False, note=f"predicted {predicted_gib(model, n):.0f} GiB > {args.limit_gib}: not run")
             else:
                 cmd = [sys.executable, "-m", "experiments.bench.mil_scaling", "--child", model, str(n)]
-                cmd += ["--repeats", str(args.repeats), "--threads", str(args.threads)]
+                cmd += ["--repeats", str(args.repeats), "--threads", str(args.threads), "--chunk", str(args.chunk)]
                 proc = subprocess.run(cmd, capture_output=True, text=True)
                 if proc.returncode:
                     row.update(fits=False, note=f"exit {proc.returncode}: {proc.stderr.strip()[-200:]}")

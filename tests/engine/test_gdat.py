@@ -124,3 +124,31 @@ def test_checkpointed_blocks_give_the_same_gradients():
     b(x).square().sum().backward()
     for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(pa.grad, pb.grad, msg=name)
+
+
+@pytest.mark.parametrize("padding", ["masked", "reference"])
+@pytest.mark.parametrize(("B", "L", "chunk"), [(1, 300, 64), (2, 300, 100), (1, 100, 30), (1, 7, 3)])
+def test_chunked_tokens_give_the_same_outputs_and_gradients(padding, B, L, chunk):
+    torch.manual_seed(5)
+    kw = dict(in_dim=6, dim=16, num_heads=2, dropout=0.0, trans_dropout=0.0, padding=padding)
+    a, b = GDATMIL(**kw), GDATMIL(**kw, chunk_tokens=chunk)
+    b.load_state_dict(a.state_dict())
+    # L = 300: grid 32 x 32, 4 regions (agents are real group means, reference padding 724 zero tokens); 100: one
+    # region; 7: fewer than 10 tokens (agents = tokens of a 4 x 4 grid)
+    x = torch.randn(B, L, 6)
+    oa, ob = a.forward_mil(x), b.forward_mil(x)
+    torch.testing.assert_close(ob.bag, oa.bag, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(ob.attention, oa.attention, atol=1e-6, rtol=1e-4)
+    (oa.bag.square().sum() + oa.attention.max()).backward()
+    (ob.bag.square().sum() + ob.attention.max()).backward()
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pb.grad, pa.grad, atol=1e-5, rtol=1e-4, msg=name)
+    with torch.no_grad():
+        torch.testing.assert_close(b(x), a(x), atol=1e-5, rtol=1e-4)
+
+
+def test_chunked_tokens_needs_gdat():
+    with pytest.raises(ValueError, match="backbone.chunk_tokens"):
+        GDATMIL(in_dim=6, dim=16, num_heads=2, attention="full", chunk_tokens=64)
+    with pytest.raises(ValueError, match="backbone.chunk_tokens"):
+        GDATMIL(in_dim=6, dim=16, num_heads=2, chunk_tokens=0)
