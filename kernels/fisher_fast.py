@@ -20,7 +20,7 @@ Mechanics of one batch (``fast_batch``):
    until the end (peak memory as in training).
 3. Parameters that broadcast over the batch (leading dim 1, e.g. ViT ``cls_token`` / ``pos_embed``) are replaced for
    the forward by a batch-expanded leaf ``P (B, ...)``; ``dL/dP_i`` is then exactly sample i's gradient. The rule is
-   checked once against the reference on two samples and dropped if it disagrees.
+   checked once, on the first sample, against a per-sample autograd pass and dropped if it disagrees.
 4. Parameters of other modules called with a single tensor get per-sample vector-Jacobian products of that module
    alone (torch.func); anything else (shared parameters, modules whose forward never runs, multi-input modules) is
    returned as ``fallback`` for the whole-model torch.func reference.
@@ -64,7 +64,7 @@ class FastPlan:
     drive_decided: bool = False
     probe: bool = False  # a probe pass: computes no rule, only records which layers fired
     fired: set[str] = field(default_factory=set)  # modules whose output gradient arrived in the last pass
-    check_values: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)  # (batch sum, first-two sum)
+    check_values: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)  # (batch sum, sample 0's square)
     rule_workers: int | None = None  # worker threads for the rules on CPU (kernels.fisher_pool); None: auto
 
 
@@ -298,7 +298,7 @@ def _attempt_inner(plan, model, forward_fn, x, y, generator, chunk, seq, vec, ac
         if plan.checked_broadcast:
             acc[full].add_(g.square().sum(0, keepdim=True).to(acc[full].dtype))
         else:
-            plan.check_values[full] = (g.square().sum(0, keepdim=True), g[:2].square().sum(0, keepdim=True))
+            plan.check_values[full] = (g.square().sum(0, keepdim=True), g[:1].square())
     for owner in plan.owners.values():
         if any(c[0] is None for c in owner.calls) or (not owner.done and not owner.calls and owner.rule is not None):
             failed.extend(owner.local.values())  # forward never ran (parameters used elsewhere) or odd call

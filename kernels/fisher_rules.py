@@ -133,7 +133,10 @@ def vec_sqsum_torch(g: Tensor, x: Tensor, chunk: int | None = None, out: Tensor 
 
 
 def _add(acc: dict[str, Tensor], key: str, value: Tensor) -> None:
-    acc[key].add_(value.reshape(acc[key].shape).to(acc[key].dtype))
+    target = acc[key]
+    if value.shape != target.shape:
+        value = value.reshape(target.shape)
+    target.add_(value if value.dtype == target.dtype else value.to(target.dtype))
 
 
 def _tokens(ts: list[Tensor], feat_dims: int) -> Tensor | None:
@@ -255,11 +258,15 @@ def _affine_rule(xhat: Tensor, g: Tensor, acc: dict[str, Tensor]) -> bool:
 
 def layernorm_rule(mod: nn.Module, xs: list[Tensor], gs: list[Tensor], acc: dict[str, Tensor], _ops: SqOps) -> bool:
     shape = tuple(mod.normalized_shape)
+    # unit weight and zero bias (exact: x * 1 + 0) select the vectorised CPU kernel the forward uses; without them
+    # layer_norm took 2-2.5x as long (measured on (64, 17, 64) to (64, 65, 384) inputs)
+    one = torch.ones(shape, dtype=xs[0].dtype, device=xs[0].device)
     if isinstance(mod, nn.RMSNorm):
         eps = mod.eps if mod.eps is not None else torch.finfo(xs[0].dtype).eps
-        xhats = [F.rms_norm(x, shape, None, eps) for x in xs]
+        xhats = [F.rms_norm(x, shape, one, eps) for x in xs]
     else:
-        xhats = [F.layer_norm(x, shape, None, None, mod.eps) for x in xs]
+        zero = torch.zeros(shape, dtype=xs[0].dtype, device=xs[0].device)
+        xhats = [F.layer_norm(x, shape, one, zero, mod.eps) for x in xs]
     xhat, g = _tokens(xhats, len(shape)), _tokens(gs, len(shape))
     if xhat is None or g is None:
         return False
