@@ -35,12 +35,25 @@ round varied 20x between rounds of the same work otherwise); ``--no-malloc-tunin
     flock -x /tmp/bench.lock python experiments/bench/stream_overhead.py [--workload coda|cnn] [--repeats 10]
         [--processes 1] [--no-flops] [--progress-bar] [--threads 1] [--no-malloc-tuning] [engine config overrides]
 
-Measured: no run under the exclusive bench lock yet (2026-12-03: the lock was not free during the session that
-restated this bench). Single unlocked rounds under a load of ~20 on 2 cores (not a measurement of the goals) gave
-CPU-time ratios on ``coda`` of engine/bare 1.02-1.08x and bare/hand 1.04-1.06x, with bit-identical weights on both
-workloads. Parts of the engine's cost on ``coda`` (CPU time, 1 thread, same machine): a training step ~53 ms, 1131 aten
-ops and 192 module calls; the FLOP counter traces the first step of each batch shape in each experience (~2 per
-experience; LightFlopCounter adds ~6 us per op) and records module calls on the others (~2.5 us per call).
+Measured 2026-12-03 (``--workload coda --repeats 5``, 1 thread, one process per line; NOT under the exclusive lock:
+a sweep held the shared lock for an hour, so both ran beside 5 other engineers' jobs at load 10-20 on 2 cores; weights
+bit-identical after every round on both lines). Median ratio (IQR) over the 5 rounds:
+
+| FLOPs | engine/bare wall | engine/bare CPU | engine/hand wall | engine/hand CPU | bare/hand CPU |
+|---|---|---|---|---|---|
+| on (cached) | 1.015x (1.011-1.094) | 1.067x (1.003-1.123) | 1.132x (1.100-1.196) | 1.129x (1.066-1.150) | 1.058x |
+| off | 1.001x (0.998-1.040) | 1.032x (0.994-1.044) | 1.110x (1.030-1.143) | 1.070x (1.060-1.102) | 1.068x |
+
+An earlier pair of runs (same commands, lower load) gave engine/bare 1.126x and engine/hand 1.182x with the counter,
+0.979x and 1.015x without it. Reading: with the counter off the engine meets the 2 % goal over a bare ``Trainer.fit``
+(medians 1.001x wall, 1.03x CPU); the gap to the hand loop is Lightning's own (bare/hand 1.06-1.07x CPU), so the
+1.05x goal is met only on the quieter run. The FLOP counter costs 3-7 % CPU on this workload, measured by parts
+in-process (``cl.engine`` with ``callbacks.flops.mode=cached`` vs ``callbacks.flops=null``, 5 experiences, CPU
+10.2-10.5 s vs 11.05-11.07 s): 10 of 225 steps are traced (the first full and the first partial batch of each
+experience; a traced step costs ~20 ms more than its 40-48 ms), plus ~2.5 us per module call for the fingerprint
+(192 calls per step). Per-experience tracing is needed here: CODA-Prompt's prompt components grow with the
+experience without changing any module's input shapes. Turn the counter off (``callbacks.flops=null``) for timing
+runs where FLOPs are not needed.
 """
 
 from __future__ import annotations
