@@ -33,6 +33,14 @@ step ~16x longer: ~0.8 %). Gradients of both forms agree to 2e-6 (relative). Mem
 indices) are 1/4 of the reference's int64 pairs on every row (3.6 MB vs 14.4 MB after one 7B experience); the
 per-experience CSR working pattern (~20 bytes per unique position, 18 MB / 119 MB on the 7B rows) is built once per
 experience (0.5 s / 7.5 s) and replaces the full form's transient 11008x4096 float32 matrices (2 x 180 MB per matrix).
+
+Where the 7B / 7-experience penalty goes, and what was tried (2026-12-03, 1 thread, load ~12, 5.9 M unique
+positions = 13.5 % of the matrix, medians of 3): ``sampled_addmm`` (forward) 0.33 s, ``csr @ A^T`` (dB) 0.50 s,
+``csr_t @ B`` (dA) 0.82-0.91 s, the permutation of the values to column-major order 0.21-0.24 s. Alternatives for the
+same result were no faster: a dense form (``B @ A``, a dense weight matrix, two GEMMs in backward) 2.74 s vs 1.74 s
+for the CSR form; dA as ``csr.t() @ B`` 2.6 s, as a CSC tensor of ``G^T`` 2.1 s, as COO ``sparse.mm`` 0.85 s (the same). At
+this density the remaining lever is a fused kernel (one pass over the positions computing both gradients), not
+written: the goal is missed there on CPU.
 """
 
 from __future__ import annotations
