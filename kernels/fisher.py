@@ -155,6 +155,9 @@ def fisher_diagonal(
     finally:
         _restore_flags(model, flags)
         release_scratch()
+        if plan is not None and plan.pool is not None:
+            plan.pool.close()
+            plan.pool = None
     if fisher_dist.is_distributed(distributed):
         sums, (n_samples, n_batches) = fisher_dist.all_reduce_sums(sums, [n_samples, n_batches])
     if n_samples == 0:

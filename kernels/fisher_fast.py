@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kernels.fisher_pool import RuleRunner
+from kernels.fisher_pool import RulePool, RuleRunner
 from kernels.fisher_reference import sample_labels
 from kernels.fisher_rules import SqOps, SqSum, chunk_size, rule_for, seq_sqsum_torch, vec_sqsum_torch
 
@@ -66,6 +66,7 @@ class FastPlan:
     fired: set[str] = field(default_factory=set)  # modules whose output gradient arrived in the last pass
     check_values: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)  # (batch sum, sample 0's square)
     rule_workers: int | None = None  # worker threads for the rules on CPU (kernels.fisher_pool); None: auto
+    pool: RulePool | None = None  # those workers, kept for every batch of the call (closed by kernels.fisher)
 
 
 def resolve_workers(requested: int | None, threads: int, device: torch.device) -> int:
@@ -275,7 +276,7 @@ def _attempt_inner(plan, model, forward_fn, x, y, generator, chunk, seq, vec, ac
         cpu_multi = x.device.type == "cpu" and threads > 1  # many small ops: one intra-op thread (RULE_THREADS)
         torch_kernels = seq is seq_sqsum_torch and vec is vec_sqsum_torch  # Triton (interpreted) stays on one thread
         workers = resolve_workers(plan.rule_workers, threads, x.device) if torch_kernels else 0
-        runner = RuleRunner(workers, RULE_THREADS if cpu_multi else threads)
+        runner = RuleRunner(workers, RULE_THREADS if cpu_multi else threads, plan)
         try:
             grads = torch.autograd.grad(loss, drivers, allow_unused=True) if drivers else []
             runner.finish()

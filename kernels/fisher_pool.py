@@ -43,21 +43,29 @@ class RulePool:
         self._tasks: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._errors: list[BaseException] = []
         self._max_pending = max_pending
+        self._unfinished = 0  # submitted tasks not yet run to the end (by a worker or the caller)
+        self._idle = threading.Condition()
+        self.workers = workers
         self._threads = [threading.Thread(target=self._work, daemon=True) for _ in range(workers)]
         for t in self._threads:
             t.start()
 
     def _run(self, task: Callable[[], None]) -> None:
         try:
-            task()
-        except BaseException as exc:  # noqa: BLE001 -- re-raised in the calling thread by drain()
+            if not self._errors:
+                task()
+        except BaseException as exc:  # noqa: BLE001 -- re-raised in the calling thread by wait()
             self._errors.append(exc)
+        finally:
+            with self._idle:
+                self._unfinished -= 1
+                if self._unfinished == 0:
+                    self._idle.notify_all()
 
     def _work(self) -> None:
         torch.set_num_threads(1)
         while (task := self._tasks.get()) is not None:
-            if not self._errors:
-                self._run(task)
+            self._run(task)
 
     def _help(self, until_pending: int) -> None:
         """The calling thread runs waiting rules until at most ``until_pending`` remain."""
@@ -72,24 +80,38 @@ class RulePool:
             self._run(task)
 
     def submit(self, task: Callable[[], None]) -> None:
+        with self._idle:
+            self._unfinished += 1
         self._tasks.put(task)
         if self._tasks.qsize() > self._max_pending:
             self._help(self._max_pending)
 
-    def drain(self) -> None:
-        """Run every waiting rule (the calling thread helps), stop the workers, re-raise the first error."""
+    def wait(self) -> None:
+        """Run every waiting rule (the calling thread helps) and wait for the running ones; the workers stay for the
+        next batch. Re-raises the first error."""
         self._help(0)
-        self.close()
+        with self._idle:
+            self._idle.wait_for(lambda: self._unfinished == 0)
         if self._errors:
             raise self._errors[0]
+
+    def drain(self) -> None:
+        """``wait``, then stop the workers (also when a rule failed)."""
+        try:
+            self.wait()
+        finally:
+            self.close()
 
     def close(self, cancel: bool = False) -> None:
         """Stop the workers after the rules already running; with ``cancel`` (error paths) waiting rules are dropped."""
         while cancel:
             try:
-                self._tasks.get_nowait()
+                dropped = self._tasks.get_nowait()
             except queue.Empty:
                 break
+            if dropped is not None:
+                with self._idle:
+                    self._unfinished -= 1
         for _ in self._threads:
             self._tasks.put(None)
         for t in self._threads:
@@ -104,14 +126,19 @@ class RuleRunner:
     * the others go to a ``RulePool`` of ``workers`` threads, created at the first such rule, which also lowers the
       calling thread (the backward) to ``threads - workers`` intra-op threads; with ``workers == 0`` they run inline
       on ``single`` intra-op threads (``kernels.fisher_fast.RULE_THREADS`` on CPU).
-    ``finish`` (after the backward) drains the pool; ``close`` (always) restores the caller's thread count.
+    ``finish`` (after the backward) waits for the pool's rules; ``close`` (always) restores the caller's thread count.
+    The pool lives in ``home`` (an object with a ``pool`` attribute: the plan of one ``fisher_diagonal`` call) and
+    serves every batch of the call (starting W threads per batch cost up to a few percent of a small model's batch);
+    its owner closes it at the end of the call, or ``close`` does when a batch failed.
     """
 
-    def __init__(self, workers: int, single: int) -> None:
+    def __init__(self, workers: int, single: int, home: object | None = None) -> None:
         self.threads = torch.get_num_threads()
         self.workers = workers
         self.single = single
+        self.home = home
         self.pool: RulePool | None = None
+        self.finished = False
 
     def _inline(self, task: Callable[[], None], threads: int) -> None:
         current = torch.get_num_threads()
@@ -128,7 +155,12 @@ class RuleRunner:
             self._inline(task, self.threads)
         elif self.workers:
             if self.pool is None:
-                self.pool = RulePool(self.workers)
+                kept = getattr(self.home, "pool", None)
+                self.pool = kept if kept is not None and kept.workers == self.workers else RulePool(self.workers)
+                if self.home is not None and kept is not self.pool:
+                    if kept is not None:
+                        kept.close()
+                    self.home.pool = self.pool
                 torch.set_num_threads(max(1, self.threads - self.workers))
             self.pool.submit(task)
         else:
@@ -137,13 +169,18 @@ class RuleRunner:
     def finish(self) -> None:
         if self.pool is not None:
             torch.set_num_threads(1)  # the calling thread joins the workers on one intra-op thread
-            pool, self.pool = self.pool, None
-            pool.drain()
+            if self.home is None:
+                self.pool.drain()
+            else:
+                self.pool.wait()
+        self.finished = True
 
     def close(self) -> None:
-        if self.pool is not None:
-            pool, self.pool = self.pool, None
-            pool.close(cancel=True)
+        if self.pool is not None and (self.home is None or not self.finished):  # not kept, or the batch failed
+            self.pool.close(cancel=True)
+            if self.home is not None and getattr(self.home, "pool", None) is self.pool:
+                self.home.pool = None
+        self.pool = None
         if torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
 

@@ -112,3 +112,44 @@ def test_bounded_queue_caller_helps() -> None:
 def test_bad_rule_workers_is_named() -> None:
     with pytest.raises(ValueError, match="rule_workers=-1"):
         fisher_diagonal(ConvNet().double(), _data(), rule_workers=-1)
+
+
+def test_one_pool_serves_every_batch_and_stops_with_the_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker threads are started once per call, not once per batch, and are gone when the call returns."""
+    torch.manual_seed(0)
+    model = ConvNet().double()
+    data = _data(n=12)
+    data = [(x[i : i + 3], y[i : i + 3]) for x, y in data for i in (0, 3)]  # four batches
+    main = threading.get_ident()
+    workers: set[int] = set()
+    batches_on_workers: list[int] = []
+    original = rules.conv2d_rule
+
+    def spy(*args: object) -> bool:
+        if threading.get_ident() != main:
+            workers.add(threading.get_ident())
+        else:
+            time.sleep(0.02)  # leave the worker time to take rules in every batch
+        return original(*args)
+
+    monkeypatch.setattr(rules, "conv2d_rule", spy)
+    started = threading.Thread.start
+
+    def counting_start(self: threading.Thread) -> None:
+        batches_on_workers.append(1)
+        started(self)
+
+    monkeypatch.setattr(threading.Thread, "start", counting_start)
+    before = threading.active_count()
+    torch.set_num_threads(2)
+    try:
+        res = fisher_diagonal(model, data, rule_workers=1)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+    assert res.n_batches == 4
+    assert len(batches_on_workers) == 1 and len(workers) == 1  # one worker thread for the four batches
+    assert threading.active_count() == before
+    ref = fisher_diagonal(model, data, backend="reference")
+    for n in ref.diag:
+        assert rel_err(res.diag[n], ref.diag[n]) < 1e-5, n
