@@ -83,7 +83,10 @@ def seq_sqsum_torch(g: Tensor, x: Tensor, chunk: int | None, out: Tensor | None 
     small (or ``chunk`` samples when given), else per sample and per block of output rows (mm, then addcmul). Short
     sequences make this product write-bound (T multiply-adds per element written), hence the cache blocking:
     measured 1.1-1.9x the training weight-gradient GEMM for T = 17-257 (it was 2.5-30x with a fresh buffer per call).
-    Elsewhere (CUDA without Triton): one bmm per ``chunk_size`` block of samples. Adds into ``out`` when given.
+    On several intra-op threads (the fast backend runs rules on one; this is for direct callers) and off CPU: one bmm
+    per ``chunk_size`` block of samples (few large ops: with many small ones, each an OpenMP region, threads wait on
+    each other whenever a core is busy elsewhere -- measured 6x slower on the shared 2-core machine). Adds into
+    ``out`` when given.
     """
     b, _, o = g.shape
     k = x.shape[2]
@@ -93,8 +96,9 @@ def seq_sqsum_torch(g: Tensor, x: Tensor, chunk: int | None, out: Tensor | None 
         out = torch.zeros(o, k, dtype=g.dtype, device=g.device)
     per = o * k
     cpu = g.device.type == "cpu"
-    if not cpu or per <= SEQ_BLOCK or chunk is not None:
-        if not cpu:
+    few_ops = not cpu or torch.get_num_threads() > 1  # several intra-op threads: few large ops (see below)
+    if few_ops or per <= SEQ_BLOCK or chunk is not None:
+        if few_ops:
             c = chunk_size(b, per, chunk)
         else:
             c = max(1, min(b, chunk if chunk is not None else SEQ_BLOCK // per))

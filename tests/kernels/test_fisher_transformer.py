@@ -112,3 +112,19 @@ def test_scratch_is_per_dtype_and_reused() -> None:
     assert rel_err(got.double(), expect) < 1e-5
     rules.release_scratch()
     assert rules._SCRATCH.buf is None
+
+
+def test_sequence_product_on_two_threads_equals_einsum() -> None:
+    """Several intra-op threads take the few-large-ops path (one bmm per chunk), also above SEQ_BLOCK."""
+    gen = torch.Generator().manual_seed(5)
+    g = torch.randn(5, 3, 600, generator=gen, dtype=torch.float64)
+    x = torch.randn(5, 3, 500, generator=gen, dtype=torch.float64)
+    assert 600 * 500 > rules.SEQ_BLOCK
+    expect = torch.einsum("bto,btk->bok", g, x).square().sum(0)
+    torch.set_num_threads(2)
+    try:
+        got = rules.seq_sqsum_torch(g, x, None)
+    finally:
+        torch.set_num_threads(1)
+        rules.release_scratch()
+    assert rel_err(got, expect) < 1e-12
