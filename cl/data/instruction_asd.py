@@ -114,16 +114,24 @@ def diversify(
     fraction: float = 0.2,
     seed: int = 0,
     generator: Generator | None = None,
+    styles: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """The task's samples with ``fraction`` of them converted to the other four styles (module docstring)."""
+    """The task's samples with ``fraction`` of them converted to the other four styles (module docstring), or to
+    ``styles`` (the reference converts ImageNet and Grounding to brief / detail only; a yes/no task has no three
+    distractors for a 4-option question)."""
     if task_style not in STYLES:
         raise ValueError(f"the task's answer style {task_style!r}; allowed: {list(STYLES)}")
+    if styles is not None and (not styles or set(styles) - set(STYLES) or task_style in styles):
+        allowed = [s for s in STYLES if s != task_style]
+        raise ValueError(
+            f"asd styles {list(styles)} for a {task_style!r} task; allowed: a non-empty subset of {allowed}"
+        )
     if not 0.0 <= float(fraction) <= 1.0:
         raise ValueError(f"asd.fraction={fraction}; allowed: 0 <= fraction <= 1 (the paper's X / 100, default 0.2)")
     rng = random.Random(seed)
     n = round(float(fraction) * len(samples))
     chosen = rng.sample(range(len(samples)), n)
-    others = [s for s in STYLES if s != task_style]
+    others = [s for s in STYLES if s != task_style] if styles is None else [s for s in STYLES if s in styles]
     targets = [others[i % len(others)] for i in range(n)]  # even split, remainder to the first styles
     plan = dict(zip(chosen, targets, strict=True))
     pool = [_truth(s) for s in samples]

@@ -13,7 +13,10 @@ Every sample carries ``answer`` (the ground truth to score), ``style`` and the f
 instruction_asd.py): ``distractors`` (the other digit names of its task), ``brief`` and ``detail`` explanations
 (template sentences from the label: the digit's name, parity and stroke shape), so ``diversify`` needs no generator.
 The images are the fixed stratified 75/25 split of cl/data/digits.py, saved as 8x8 grey PNGs under
-``root/digits/{train,test}/<index>.png``; :func:`write_digits_instruction` writes everything atomically.
+``root/digits/{train,test}/<index>.png``; :func:`write_digits_instruction` writes everything atomically, and a
+word-level ``transformers`` tokenizer over the stream's words (and ASD's, :func:`write_word_tokenizer`) under
+``root/tokenizer``, so a tiny causal LM can be trained on the stream with no download; :func:`ensure_digits_instruction`
+writes it all once (under a file lock, so parallel runs of a sweep share one copy).
 """
 
 from __future__ import annotations
@@ -114,4 +117,67 @@ def write_digits_instruction(root: str | os.PathLike[str], seed: int = 0) -> Pat
                 if int(y) in TASK_DIGITS[task]
             ]
             write_json(root / "annotations" / task / f"{split}.json", samples)
+    return root
+
+
+def _words(texts: list[str]) -> list[str]:
+    from tokenizers import pre_tokenizers
+
+    split = pre_tokenizers.BertPreTokenizer().pre_tokenize_str
+    return sorted({w for t in texts for w, _ in split(t)})
+
+
+def write_word_tokenizer(texts: list[str], path: str | os.PathLike[str]) -> Path:
+    """A word-level fast tokenizer over the words of ``texts`` (BERT pre-tokenisation; WordPiece's decoder puts the
+    punctuation back against its word) with ``<pad> <unk> <s> </s>``, saved under ``path``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "<s>", "</s>", *_words(texts)])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+    )
+    fast.save_pretrained(str(path))
+    return Path(path)
+
+
+def stream_texts(root: str | os.PathLike[str]) -> list[str]:
+    """Every text the stream, ASD's conversions and the vicuna_v1 template can produce."""
+    import json
+
+    from cl.data.instruction import VICUNA_V1_SYSTEM
+    from cl.data.instruction_asd import FORMAT_PROMPTS
+
+    texts = [VICUNA_V1_SYSTEM, "USER: ASSISTANT:", "Is the answer ?", "A. B. C. D. Yes No yes no", *NAMES]
+    texts += list(FORMAT_PROMPTS.values())
+    for task in DIGIT_TASKS:
+        for split in ("train", "test"):
+            for s in json.loads((Path(root) / "annotations" / task / f"{split}.json").read_text()):
+                texts += [s.get("text", ""), s["brief"], s["detail"], *s["distractors"], s["answer"]]
+                texts += [t["value"] for t in s.get("conversations", [])]
+    return texts
+
+
+def ensure_digits_instruction(root: str | os.PathLike[str], seed: int = 0) -> Path:
+    """Write the stream and its tokenizer under ``root`` unless a complete copy is there (``root/tokenizer``)."""
+    import fcntl
+
+    root = Path(root)
+    if (root / "tokenizer" / "tokenizer_config.json").is_file():
+        return root
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".write.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / "tokenizer" / "tokenizer_config.json").is_file():
+            write_digits_instruction(root, seed)
+            staging = root / ".tokenizer.tmp"
+            if staging.exists():  # an interrupted earlier attempt
+                import shutil
+
+                shutil.rmtree(staging)
+            write_word_tokenizer(stream_texts(root), staging)
+            staging.rename(root / "tokenizer")
     return root

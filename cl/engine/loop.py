@@ -98,6 +98,7 @@ class StreamRunner:
             num_workers=int(data.num_workers),
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
+            collate_fn=getattr(dataset, "collate_fn", None),  # variable-length data (instruction tasks) pad per batch
         )
 
     def eval_loader(self, dataset: Dataset) -> DataLoader:
@@ -108,6 +109,12 @@ class StreamRunner:
 
     def evaluate(self) -> tuple[list[float], list[float]]:
         data = self.cfg.data
+        if hasattr(
+            self.method, "evaluate_stream"
+        ):  # a method that scores generated answers (cl/methods/instruction.py)
+            return self.method.evaluate_stream(
+                self.stream, int(data.eval_batch_size), self.device, int(data.num_workers)
+            )
         return evaluate_stream(self.method, self.stream, int(data.eval_batch_size), self.device, int(data.num_workers))
 
     # ------------------------------------------------------------------------------------------------ state

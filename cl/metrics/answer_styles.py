@@ -18,7 +18,11 @@ forgetting, the reference counts these as ``FAILED`` = wrong). Styles (ASD's fiv
 The word ranges and ``short_max_words`` are choices of this framework (the paper's response-format prompts are not in
 the reference repository); they are arguments. :func:`outcome_rates` turns outcomes into accuracy, format-failure rate
 and wrong-but-well-formed rate; :func:`style_report` gives the three matrices with MFN (mean final accuracy), MAA
-(mean average accuracy over the incremental stages) and BWT of the accuracy matrix (cl/metrics/matrix.py).
+(mean average accuracy over the incremental stages) and BWT of the accuracy matrix (cl/metrics/matrix.py);
+:func:`count_report` does the same from outcome counts (what a run accumulates and checkpoints) and adds the
+well-formed accuracy (correct among the well-formed answers: the knowledge left when the format is set aside) and the
+final change on old tasks: ``superficial_forgetting = mean_{j<t} (FF[t, j] - FF[j, j])`` and ``essential_forgetting =
+mean_{j<t} (WWF[t, j] - WWF[j, j])`` (FF: format-failure rate, WWF: wrong-but-well-formed rate, t the last row).
 """
 
 from __future__ import annotations
@@ -127,4 +131,38 @@ def style_report(outcomes: Sequence[Sequence[Sequence[str]]]) -> dict[str, Any]:
         "bwt": bwt(acc),
         "final_format_failure": float(np.nanmean(mats["format_failure"][-1])),
         "final_wrong_well_formed": float(np.nanmean(mats["wrong_well_formed"][-1])),
+    }
+
+
+def count_report(counts: Any) -> dict[str, Any]:
+    """``counts[t, j] = (correct, wrong, malformed)`` on task j after training task t (rows 0..t of T columns): the
+    four rate matrices, MFN / MAA / BWT over the trained square and the final changes on old tasks (module docstring).
+    """
+    c = np.asarray(counts, dtype=np.float64)
+    if c.ndim != 3 or c.shape[2] != 3 or c.shape[0] > c.shape[1]:
+        raise ValueError(f"counts must have shape (t+1, T, 3) with t+1 <= T; got {c.shape}")
+    n = c.shape[0]
+    total = c.sum(2)
+    if (total[:, :n] <= 0).any():
+        raise ValueError("every seen task needs scored answers in every row (a zero count)")
+    safe = np.where(total > 0, total, 1.0)
+    acc, wrong, bad = c[..., 0] / safe, c[..., 1] / safe, c[..., 2] / safe
+    formed = c[..., 0] + c[..., 1]
+    well = np.where(formed > 0, c[..., 0] / np.where(formed > 0, formed, 1.0), 0.0)
+    sq = acc[:, :n]
+    old = range(n - 1)
+    return {
+        "style_matrices": {
+            "accuracy": acc.tolist(),
+            "format_failure": bad.tolist(),
+            "wrong_well_formed": wrong.tolist(),
+            "well_formed_accuracy": well.tolist(),
+        },
+        "mfn": avg_acc(sq),
+        "maa": avg_inc_acc(sq),
+        "bwt": bwt(sq),
+        "final_format_failure": float(bad[-1, :n].mean()),
+        "final_wrong_well_formed": float(wrong[-1, :n].mean()),
+        "superficial_forgetting": float(np.mean([bad[-1, j] - bad[j, j] for j in old])) if n > 1 else 0.0,
+        "essential_forgetting": float(np.mean([wrong[-1, j] - wrong[j, j] for j in old])) if n > 1 else 0.0,
     }

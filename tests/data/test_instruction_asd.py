@@ -74,3 +74,12 @@ def test_missing_sources_and_bad_values_stop_with_the_field_name(tmp_path):
     out = diversify(_task(10), "short", 0.2, seed=1)
     write_samples(out, tmp_path / "train_x20.json")
     assert json.loads((tmp_path / "train_x20.json").read_text()) == out
+
+
+def test_target_styles_can_be_restricted_per_task():
+    out = diversify(_task(50), "short", fraction=0.2, seed=0, styles=["brief", "detail"], generator=lambda s, st: "x")
+    assert Counter(s["style"] for s in out) == {"short": 40, "brief": 5, "detail": 5}
+    with pytest.raises(ValueError, match="non-empty subset"):
+        diversify(_task(10), "short", styles=["short"])
+    with pytest.raises(ValueError, match="non-empty subset"):
+        diversify(_task(10), "short", styles=["essay"])

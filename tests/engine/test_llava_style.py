@@ -68,3 +68,48 @@ def test_loss_trains_projector_and_lora_and_generation_runs():
     first = model(ids[:, :3], torch.ones_like(ids[:, :3]), images).logits[0, -1].argmax().item()
     assert 1 <= len(out[0]) <= 3 or first == 2
     assert not out[0] or out[0][0] == first  # greedy: the forward pass's argmax at the last prompt position
+
+
+def test_batched_greedy_generation_equals_one_prompt_at_a_time():
+    """Left-aligned batch decoding with the key/value cache gives each prompt the tokens it gets alone (no cache:
+    argmax of a full forward pass per step), for prompts of different lengths, with and without an image."""
+    model = _model().eval()
+    prompts = [[1, IMAGE_TOKEN_INDEX, 5, 6, 7], [1, 9, 10], [1, IMAGE_TOKEN_INDEX, 11]]
+    images = [torch.randn(3, 16, 16), None, torch.randn(3, 16, 16)]
+    n = max(map(len, prompts))
+    ids = torch.tensor([p + [0] * (n - len(p)) for p in prompts])
+    mask = torch.tensor([[1] * len(p) + [0] * (n - len(p)) for p in prompts])
+    batched = model.generate(ids, images, max_new_tokens=6, attention_mask=mask, eos_token_id=-1)
+    for p, im, got in zip(prompts, images, batched, strict=True):
+        seq = torch.tensor([p])
+        alone = []
+        with torch.no_grad():
+            for _ in range(6):
+                logits = model(seq, torch.ones_like(seq), None if im is None else im[None]).logits
+                alone.append(int(logits[0, -1].argmax()))
+                seq = torch.cat([seq, torch.tensor([[alone[-1]]])], 1)
+        assert got == alone
+    # an end-of-sequence token stops that prompt only
+    first = batched[1][0]
+    stopped = model.generate(ids, images, max_new_tokens=6, attention_mask=mask, eos_token_id=first)
+    for got, full in zip(stopped, batched, strict=True):
+        assert got == (full[: full.index(first)] if first in full else full)
+    assert stopped[1] == []
+
+
+def test_build_from_config_and_clear_errors(tmp_path):
+    from cl.backbones.llava_style import build_llava_style
+
+    vision = Backbone("vit_tiny_patch16_224", in_chans=1, img_size=16, patch_size=4, embed_dim=48, depth=1, num_heads=3)
+    cfg = {"vocab_size": 30, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+           "num_attention_heads": 4, "num_key_value_heads": 2}  # fmt: skip
+    model = build_llava_style(vision, lm_config=cfg)
+    assert model.lm_from_config and model.num_features == 32
+    state = {f"model.mm_projector.{k}": torch.full_like(v, 0.5) for k, v in model.projector.state_dict().items()}
+    torch.save(state, tmp_path / "mm_projector.bin")
+    loaded = build_llava_style(vision, lm_config=cfg, projector_weights=str(tmp_path / "mm_projector.bin"))
+    assert torch.all(loaded.projector[2].weight == 0.5)
+    with pytest.raises(ValueError, match="exactly one of lm_path"):
+        build_llava_style(vision)
+    with pytest.raises(FileNotFoundError, match="backbone.lm_path"):
+        build_llava_style(vision, lm_path=str(tmp_path / "missing"))

@@ -64,3 +64,21 @@ def test_style_report_separates_superficial_from_essential_forgetting():
     assert outcome_rates(["malformed"]) == {"accuracy": 0.0, "format_failure": 1.0, "wrong_well_formed": 0.0}
     with pytest.raises(ValueError, match="needs tasks 0..1"):
         style_report([[t0], [t0_after]])
+
+
+def test_count_report_from_a_run_s_outcome_counts():
+    from cl.metrics.answer_styles import count_report
+
+    # (correct, wrong, malformed): task 0 after task 0: 3/1/0; after task 1: 1/1/2; task 1 after task 1: 3/1/0
+    counts = [[[3, 1, 0], [0, 0, 4]], [[1, 1, 2], [3, 1, 0]]]
+    rep = count_report(counts)
+    m = rep["style_matrices"]
+    assert m["accuracy"][1] == [0.25, 0.75] and m["format_failure"][1][0] == 0.5
+    assert m["wrong_well_formed"][1][0] == 0.25 and m["well_formed_accuracy"][1][0] == 0.5  # 1 of 2 well-formed
+    assert rep["superficial_forgetting"] == pytest.approx(0.5 - 0.0)
+    assert rep["essential_forgetting"] == pytest.approx(0.25 - 0.25)
+    assert rep["mfn"] == pytest.approx(0.5) and rep["bwt"] == pytest.approx(-0.5)
+    assert rep["maa"] == pytest.approx((0.75 + 0.5) / 2)
+    assert count_report(counts[:1])["superficial_forgetting"] == 0.0  # one task: nothing to forget yet
+    with pytest.raises(ValueError, match="zero count"):
+        count_report([[[0, 0, 0], [1, 0, 0]]])
