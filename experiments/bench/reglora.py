@@ -38,9 +38,9 @@ Where the 7B / 7-experience penalty goes, and what was tried (2026-12-03, 1 thre
 positions = 13.5 % of the matrix, medians of 3): ``sampled_addmm`` (forward) 0.33 s, ``csr @ A^T`` (dB) 0.50 s,
 ``csr_t @ B`` (dA) 0.82-0.91 s, the permutation of the values to column-major order 0.21-0.24 s. Alternatives for the
 same result were no faster: a dense form (``B @ A``, a dense weight matrix, two GEMMs in backward) 2.74 s vs 1.74 s
-for the CSR form; dA as ``csr.t() @ B`` 2.6 s, as a CSC tensor of ``G^T`` 2.1 s, as COO ``sparse.mm`` 0.85 s (the same). At
-this density the remaining lever is a fused kernel (one pass over the positions computing both gradients), not
-written: the goal is missed there on CPU.
+for the CSR form; dA as ``csr.t() @ B`` 2.6 s, as a CSC tensor of ``G^T`` 2.1 s, as COO ``sparse.mm`` 0.85 s (the
+same). At this density the remaining lever is a fused kernel (one pass over the positions computing both gradients),
+not written: the goal is missed there on CPU.
 """
 
 from __future__ import annotations
