@@ -8,7 +8,8 @@ blocks, 8 heads), in training mode (dropout on), differing only in ``attention``
 with ``checkpoint_blocks`` (``gdat_ckpt``) and with ``chunk_tokens=--chunk`` (``gdat_chunk``: per-instance work in
 recomputed chunks, the agents' softmax merged over chunks; same function). Each (model, N) runs in its own process:
 the peak is that process's ``ru_maxrss`` minus its resident size after building the model and the bag (so it is the
-step's own memory), the time the median of ``--repeats`` steps after one warm-up step. A run predicted to exceed
+step's own memory), the time the median of ``--repeats`` steps after one warm-up step (``--repeats 0``: the one
+step's time, warm-up included). A run predicted to exceed
 ``--limit-gib`` is not started and reported as not fitting: full attention by its attention maps alone (heads x N^2 x 4
 bytes, one per layer kept for backward plus a map and its gradient in backward), unchunked GDAT by its bytes per
 instance measured at N = 1e4. Results: at the end of this docstring.
@@ -58,7 +59,7 @@ def child(model: str, n: int, repeats: int, threads: int, chunk: int) -> dict[st
         net(x).square().sum().backward()
         times.append(time.perf_counter() - start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
-    return {"seconds": statistics.median(times[1:]), "peak_gib": max(peak - base, 0) / 2**30}
+    return {"seconds": statistics.median(times[1:] or times), "peak_gib": max(peak - base, 0) / 2**30}
 
 
 # bytes per instance of the unchunked GDAT step, measured at N = 1e4 (table below), to skip runs that cannot fit
