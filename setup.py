@@ -1,4 +1,5 @@
-"""Installs the continual-learning and unlearning framework: ``pip install -e .`` (``.[dev]`` for tests and lint)."""
+"""Installs the continual-learning and unlearning framework: ``pip install -e .`` (``.[dev]`` for tests and lint,
+``.[trackers]`` for logger=wandb / logger=mlflow)."""
 
 import os
 
@@ -49,5 +50,7 @@ setup(
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-timeout>=2.2", "ruff>=0.5"],
+        # logger=wandb / logger=mlflow (cl/loggers.py); CI installs them (Makefile: .[dev,trackers])
+        "trackers": ["wandb>=0.16", "mlflow-skinny>=2.10"],
     },
 )

@@ -233,6 +233,9 @@ def _run_owned(cfg: DictConfig, run_dir: Path, overrides: list[str], writer: boo
     with console_to_run_log(run_dir, append=payload is not None) if writer else nullcontext():
         metrics = runner.run()
         if writer:
+            from cl.loggers import log_run_end  # logger=wandb / mlflow: config, summary and matrix picture at the end
+
+            log_run_end(cfg.get("logger"), OmegaConf.to_container(cfg, resolve=True), run_dir, metrics)
             print_summary(metrics, title=f"{metrics['method']} on {cfg.data.name} ({stream.scenario}-incremental)")
             print(f"run directory: {run_dir}")
     return metrics
