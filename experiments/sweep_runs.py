@@ -9,7 +9,8 @@ averages it.
 A run's config is its resolved ``config.yaml`` (what produced its metrics), else Hydra's ``.hydra/config.yaml``.
 Settings (:func:`setting_keys`) are every resolved key whose value differs between the complete runs, except the seed
 and the keys that do not change an experiment (paths, devices, logger, progress bar: the keys a resume may change,
-``cl/engine/resume_policy.py``); keys of the method's own config count among runs of the same method.
+``cl/engine/resume_policy.py``); keys of the method's own config count among runs of the same method. A subtree that
+only some runs have, the same wherever present (a callback added to some runs), is one setting: its ``_target_``.
 """
 
 from __future__ import annotations
@@ -191,7 +192,26 @@ def _config_keys(runs: list[Run]) -> set[str]:
                 keys.add(key)
         elif len({repr(f.get(key, "<absent>")) for _, f in flats}) > 1:
             keys.add(key)
-    return keys
+    return _collapse_optional_subtrees(keys, [f for _, f in flats])
+
+
+def _collapse_optional_subtrees(keys: set[str], flats: list[dict[str, Any]]) -> set[str]:
+    """A config subtree that some runs have and the others lack, the same wherever it is present (e.g.
+    ``callbacks.fpf`` of ER + FPF beside plain ER), is one setting, named by its ``_target_`` key (else its first key),
+    not one column per key inside it."""
+    out = set(keys)
+    parents = {k.rsplit(".", i)[0] for k in keys for i in range(1, k.count(".") + 1)}
+    for parent in sorted(parents, key=lambda p: (p.count("."), p)):
+        inside = sorted(k for k in out if k.startswith(parent + "."))
+        if len(inside) < 2:
+            continue
+        having = [f for f in flats if any(k.startswith(parent + ".") for k in f)]
+        if len(having) == len(flats) or any(len({repr(f.get(k)) for f in having}) > 1 for k in inside):
+            continue  # every run has it, or it differs where present: each key stays a setting
+        name = f"{parent}._target_" if f"{parent}._target_" in inside else inside[0]
+        out.difference_update(inside)
+        out.add(name)
+    return out
 
 
 def setting_keys(runs: list[Run], extra: tuple[str, ...] = ()) -> list[str]:

@@ -51,3 +51,21 @@ def test_a_differing_method_key_splits_and_shapes_are_never_averaged(tmp_path):
     _run(root, "1", 1, 2, 0.6, method={"name": "finetune", "optimizer": {"lr": 0.01}})
     result = aggregate(root)
     assert "method.optimizer.lr" in result["keys"] and len(result["rows"]) == 2
+
+
+def test_a_callback_only_some_runs_have_is_one_setting(tmp_path):
+    """ER + FPF beside ER (experiments/methods_digits): the FPF callback's subtree is one column, its _target_; a key
+    inside it that differs between the runs having it stays a column of its own."""
+    root = tmp_path / "sweep"
+    fpf = {"_target_": "cl.callbacks.fpf.FPFCallback", "lr": 0.05, "iterations": 100, "modules": "default"}
+    _run(root, "0", 0, 2, 0.8)
+    _run(root, "1", 1, 2, 0.6)
+    _run(root, "2", 0, 2, 0.9, callbacks={"fpf": fpf})
+    _run(root, "3", 1, 2, 0.7, callbacks={"fpf": fpf})
+    result = aggregate(root)
+    assert result["keys"] == ["data.name", "scenario.name", "callbacks.fpf._target_"]
+    rows = {r["callbacks.fpf._target_"]: (r["n_runs"], r["avg_acc_mean"]) for r in result["rows"]}
+    assert rows == {"": (2, 0.7), "cl.callbacks.fpf.FPFCallback": (2, 0.8)}
+    _run(root, "4", 2, 2, 0.5, callbacks={"fpf": {**fpf, "lr": 0.1}})
+    keys = aggregate(root)["keys"]
+    assert "callbacks.fpf.lr" in keys and "callbacks.fpf.iterations" in keys
