@@ -10,7 +10,8 @@ A run's config is its resolved ``config.yaml`` (what produced its metrics), else
 Settings (:func:`setting_keys`) are every resolved key whose value differs between the complete runs, except the seed
 and the keys that do not change an experiment (paths, devices, logger, progress bar: the keys a resume may change,
 ``cl/engine/resume_policy.py``); keys of the method's own config count among runs of the same method. A subtree that
-only some runs have, the same wherever present (a callback added to some runs), is one setting: its ``_target_``.
+only some runs have, the same wherever present (a callback added to some runs), is one setting: its ``_target_``; a
+key equal to the run's seed wherever present (``buffer_seed: ${seed}``) is not a setting.
 """
 
 from __future__ import annotations
@@ -182,7 +183,7 @@ def _config_keys(runs: list[Run]) -> set[str]:
     flats = [(r.method, _flat(r.config)) for r in runs if r.config]
     keys = set()
     for key in {k for _, f in flats for k in f}:
-        if _never_a_setting(key):
+        if _never_a_setting(key) or _follows_the_seed(key, [f for _, f in flats]):
             continue
         if key.startswith("method."):
             by_method: dict[str, set[str]] = {}
@@ -193,6 +194,13 @@ def _config_keys(runs: list[Run]) -> set[str]:
         elif len({repr(f.get(key, "<absent>")) for _, f in flats}) > 1:
             keys.add(key)
     return _collapse_optional_subtrees(keys, [f for _, f in flats])
+
+
+def _follows_the_seed(key: str, flats: list[dict[str, Any]]) -> bool:
+    """A key that equals the run's seed wherever present (``buffer_seed: ${seed}``, a callback's ``seed: ${seed}``)
+    is the seed again, not a setting."""
+    having = [f for f in flats if key in f]
+    return bool(having) and all(f[key] == f.get("seed") and not isinstance(f[key], bool) for f in having)
 
 
 def _collapse_optional_subtrees(keys: set[str], flats: list[dict[str, Any]]) -> set[str]:

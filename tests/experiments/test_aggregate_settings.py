@@ -69,3 +69,13 @@ def test_a_callback_only_some_runs_have_is_one_setting(tmp_path):
     _run(root, "4", 2, 2, 0.5, callbacks={"fpf": {**fpf, "lr": 0.1}})
     keys = aggregate(root)["keys"]
     assert "callbacks.fpf.lr" in keys and "callbacks.fpf.iterations" in keys
+
+
+def test_keys_that_follow_the_seed_do_not_split_the_seeds(tmp_path):
+    """``method.buffer_seed: ${seed}`` and a callback's ``seed: ${seed}`` resolve to 0, 1, 2: still one group."""
+    root = tmp_path / "sweep"
+    for seed in range(3):
+        _run(root, str(seed), seed, 2, 0.5 + 0.1 * seed, callbacks={"retention": {"seed": seed, "probe_size": 32}})
+    result = aggregate(root)
+    assert result["keys"] == ["data.name", "scenario.name"] and len(result["rows"]) == 1
+    assert result["rows"][0]["n_runs"] == 3
