@@ -58,6 +58,7 @@ def test_method_trains_two_experiences_on_a_vit_and_checkpoints(make_cfg, tmp_pa
         assert torch.equal(v, after[k]), k
 
 
+@pytest.mark.slow  # 82 s at load 18 on 2 cores; the default suite trains EWC through two experiences above
 def test_ewc_penalty_backpropagates_after_a_reference_fisher(make_cfg, tmp_path, monkeypatch):
     """EWC's second experience on a ViT when its Fisher comes from the torch.func reference (the fast backend's
     fallback), the path of issue 20's crash ("derivative for ..._flash_attention_..._backward is not implemented")."""
