@@ -12,7 +12,31 @@ step's own memory), the time the median of ``--repeats`` steps after one warm-up
 step's time, warm-up included). A run predicted to exceed
 ``--limit-gib`` is not started and reported as not fitting: full attention by its attention maps alone (heads x N^2 x 4
 bytes, one per layer kept for backward plus a map and its gradient in backward), unchunked GDAT by its bytes per
-instance measured at N = 1e4. Results: at the end of this docstring.
+instance measured at N = 1e4. Results below.
+
+Results (CPU, 1 thread, chunk 4096; peak = the step's own memory). Session 6 (2026-12-03), run WITHOUT the exclusive
+bench lock (held by long shared-lock runs of others past the landing deadline), load average 17 before, 9-17 during, so
+the seconds are ~20x a quiet machine's and only the peaks are comparable:
+
+    python -m experiments.bench.mil_scaling --sizes 1000 3000 6000 10000 --threads 1 --repeats 1   (stopped after 3000)
+    python -m experiments.bench.mil_scaling --sizes 100000 --threads 1 --repeats 0
+
+| N | gdat | gdat_ckpt | gdat_chunk | full |
+|---|---|---|---|---|
+| 1e3 | 10.1 s, 0.18 GiB | 14.0 s, 0.31 GiB | 18.2 s, 0.32 GiB | 10.7 s, 0.30 GiB |
+| 3e3 | 25.0 s, 0.48 GiB | 30.8 s, 0.54 GiB | 35.4 s, 0.52 GiB | 45.0 s, 1.55 GiB |
+| 1e4 | 7.8 s, 1.43 GiB (a) | 12.5 s, 1.18 GiB (a) | 0.73 GiB (b) | not run: predicted 12 GiB |
+| 1e5 | not run: predicted 14 GiB | not run: predicted 12 GiB | 1010 s (c), **3.42 GiB** | not run: predicted 1192 GiB |
+
+(a) session 5, 2 threads, load ~6, ``--sizes 1000 10000``. (b) ``--child gdat_chunk 10000 --repeats 1 --chunk 4096``
+alone during development (55 s under load ~12; 1.35 GiB with one chunk of 16384, i.e. the whole bag). (c) one step,
+about 2.5 min of CPU time over 17 min wall at load 9-17 (uptime 18:37 -> 18:54 UTC).
+
+Unchunked GDAT's memory grows linearly (0.15 GiB per 1e3 instances: ~14 GiB at 1e5); its saved activations at 1e4 are
+1.0 GiB, 57 % of it the MLP's N x 4 dim tensors (fc1 output, dropout's float mask, fc2 input); ``checkpoint_blocks``
+saves little (a block's recomputed activations are all alive in its backward). ``chunk_tokens`` keeps a few N x dim
+tensors (block inputs and outputs, their gradients) plus one chunk's activations. Full attention's peak follows
+128 N^2 bytes (4 maps of 8 heads) plus GDAT's linear part: it passes 8 GiB at N ~ 7.6e3.
 """
 
 from __future__ import annotations
