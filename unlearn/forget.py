@@ -2,11 +2,13 @@
 
 Every spec selects training samples among the data the checkpoint has seen (experiences ``0..t``):
 
-* ``class``: every training sample of ``forget.classes``; their test samples form the forget-test split.
+* ``class``: every training sample of ``forget.classes`` (indices or class names, e.g. ``[rocket]``); their test
+  samples form the forget-test split.
 * ``task``: every class of experience ``forget.experience`` (class / task streams).
 * ``random``: a seeded ``forget.fraction`` or ``forget.count`` of the training samples (no forget-test split).
 * ``subclass``: one fine class ``forget.fine_class`` inside its coarse class (datasets with coarse labels, e.g.
-  CIFAR-100's 20 super-classes); the other fine classes of that coarse class stay in the retain set.
+  CIFAR-100's 20 super-classes); the other fine classes of that coarse class stay in the retain set. On a model
+  trained on the super-classes (``data=cifar20``, SSD's sub-class setting) the fine labels pick the samples.
 * ``indices``: a file of sample indices (one source index per line, or the ``experience,index`` CSV this module
   writes), or an earlier unlearning run directory, whose exact forget-train / forget-test splits are reused.
 
@@ -63,6 +65,22 @@ class Split:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def class_index(c: int | str, names: list[str] | None, key: str) -> int:
+    """A class given by index or by name (``forget.classes=[rocket]``: CIFAR-100's class names, as SSD's scripts)."""
+    if isinstance(c, int):
+        return c
+    if names and c in names:
+        return list(names).index(c)
+    import difflib
+
+    near = difflib.get_close_matches(c, list(names or []), n=3)
+    raise ForgetError(
+        f"{key}: {c!r} is not a class name of this dataset"
+        + (f" (did you mean {near}?)" if near else "")
+        + ("; give class indices" if not names else f"; allowed: an index or one of its {len(names)} class names")
+    )
+
+
 def _class_split(seen: SeenData, classes: list[int]) -> tuple[list[Key], list[Key]]:
     cs = set(classes)
     f_tr = [k for k, y in zip(seen.train_keys, seen.train_labels, strict=True) if y in cs]
@@ -75,12 +93,15 @@ class ClassForget:
 
     name = "class"
 
-    def __init__(self, classes: list[int] | int | None = None, name: str = "class") -> None:
-        self.classes = [classes] if isinstance(classes, int) else [int(c) for c in (classes or [])]
+    def __init__(self, classes: list[int | str] | int | str | None = None, name: str = "class") -> None:
+        items = [classes] if isinstance(classes, int | str) else list(classes or [])
+        self.classes = [c if isinstance(c, str) and not c.lstrip("-").isdigit() else int(c) for c in items]
 
     def select(self, seen: SeenData) -> tuple[list[Key], list[Key], list[int]]:
         if not self.classes:
             raise ForgetError(f"forget.classes is empty; give forget.classes=[c, ...] with c in {seen.classes}")
+        names = getattr(seen.stream.source, "classes", None)
+        self.classes = [class_index(c, names, "forget.classes") for c in self.classes]
         unseen = [c for c in self.classes if c not in seen.classes]
         if unseen:
             raise ForgetError(
@@ -157,19 +178,24 @@ class SubclassForget:
 
     name = "subclass"
 
-    def __init__(self, fine_class: int | None = None, name: str = "subclass") -> None:
+    def __init__(self, fine_class: int | str | None = None, name: str = "subclass") -> None:
         self.fine_class = fine_class
 
     def select(self, seen: SeenData) -> tuple[list[Key], list[Key], list[int]]:
+        if getattr(seen.stream.source.train, "fine_targets", None) is not None:
+            return self._select_in_coarse(seen)
         coarse = seen.stream.source.coarse_train
         if coarse is None:
             raise ForgetError(
                 "forget=subclass needs a dataset with coarse labels (e.g. data=cifar100); this checkpoint's data "
                 "has none; use forget=class"
             )
-        if self.fine_class is None or int(self.fine_class) not in seen.classes:
+        if self.fine_class is None:
+            raise ForgetError(f"forget.fine_class is not set; allowed: a seen class in {seen.classes}")
+        names = getattr(seen.stream.source, "classes", None)
+        fine = class_index(_int_or_name(self.fine_class), names, "forget.fine_class")
+        if fine not in seen.classes:
             raise ForgetError(f"forget.fine_class={self.fine_class}; allowed: a seen class in {seen.classes}")
-        fine = int(self.fine_class)
         sup = {coarse[i] for (_, i), y in zip(seen.train_keys, seen.train_labels, strict=True) if y == fine}
         siblings = {y for (_, i), y in zip(seen.train_keys, seen.train_labels, strict=True) if coarse[i] in sup} - {
             fine
@@ -180,6 +206,33 @@ class SubclassForget:
                 "forgetting (use forget=class)"
             )
         return (*_class_split(seen, [fine]), [fine])
+
+    def _select_in_coarse(self, seen: SeenData) -> tuple[list[Key], list[Key], list[int]]:
+        """The model was trained on the super-classes (``data=cifar20``, SSD's sub-class setting): forget every sample
+        whose *fine* label is ``fine_class``; its super-class stays a trained class (its other fine classes are
+        retained), so no class is forgotten as a whole (``forget_classes`` is empty)."""
+        train, test = seen.stream.source.train, seen.stream.source.test
+        names = getattr(train, "fine_classes", None)
+        if self.fine_class is None:
+            raise ForgetError(f"forget.fine_class is not set; allowed: a fine class index or name ({names[:3]}...)")
+        fine = class_index(_int_or_name(self.fine_class), names, "forget.fine_class")
+        f_tr = [k for k in seen.train_keys if train.fine_targets[k[1]] == fine]
+        f_te = [k for k in seen.test_keys if test.fine_targets[k[1]] == fine]
+        sup = {y for k, y in zip(seen.train_keys, seen.train_labels, strict=True) if train.fine_targets[k[1]] == fine}
+        siblings = {
+            train.fine_targets[k[1]] for k, y in zip(seen.train_keys, seen.train_labels, strict=True) if y in sup
+        } - {fine}
+        if not f_tr or not siblings:
+            raise ForgetError(
+                f"forget.fine_class={self.fine_class}: "
+                + ("no seen training sample has this fine label" if not f_tr else "its super-class has no other fine")
+                + " class; allowed: a fine class whose super-class the checkpoint has seen with other fine classes"
+            )
+        return f_tr, f_te, []
+
+
+def _int_or_name(c: int | str) -> int | str:
+    return int(c) if isinstance(c, int) or str(c).lstrip("-").isdigit() else str(c)
 
 
 class IndicesForget:

@@ -19,6 +19,8 @@ Everything a method keeps across experiences must live in buffers, parameters or
 
 from __future__ import annotations
 
+import inspect
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -154,5 +156,9 @@ class ContinualMethod(L.LightningModule):
         optimizer = self.optimizer_factory(params=params)
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer=optimizer)
+        extra = {}
+        if "steps_per_epoch" in inspect.signature(self.scheduler_factory).parameters:  # per-step schedules
+            epochs = max(1, int(self.trainer.max_epochs or 1))
+            extra["steps_per_epoch"] = max(1, math.ceil(self.trainer.estimated_stepping_batches / epochs))
+        scheduler = self.scheduler_factory(optimizer=optimizer, **extra)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}

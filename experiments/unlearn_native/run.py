@@ -6,7 +6,7 @@ A model is trained on all 10 digits in one experience (``python -m cl.run method
 the ``cl.run`` CLI, run directory ``<out>/<backbone>/train``, reused when its checkpoint exists), then for every class
 0-9 and every method ``python -m unlearn.run``'s pipeline forgets that class (in-process, same code path) with the
 method's strength chosen by ``alpha=auto`` / ``lr=auto`` (leave-classes-out calibration on other classes, never the
-forgotten one: ``unlearn/calibrate.py``). Writes ``<out>/<backbone>/table.md`` and ``table.json``: per class the
+forgotten one: ``unlearn/calibrate.py``). Writes ``<out>/<backbone>/table-<method>.md`` and ``.json``: per class the
 original and unlearned forget-test / retain-test accuracy, the chosen strength, whether the calibration met its
 criterion, and the seconds. Goal (issue 17): forget-test <= 0.05 and retain-test within 3 points of the original.
 Results: experiments/unlearn_native/README.md.
@@ -110,16 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.out) / args.backbone
     run_dir = train(args.backbone, args.epochs, args.seed, out / "train", args.train_extra)
-    tables, text = {}, ""
-    for method in args.methods.split(","):
-        rows = [forget_one(run_dir, method, int(c), out / "runs", args.extra) for c in args.classes.split(",")]
-        tables[method] = rows
-        text += markdown(method, rows) + "\n"
-        print(markdown(method, rows), flush=True)
     from cl.utils.atomic import write_text
 
-    write_text(out / "table.md", text)
-    write_text(out / "table.json", json.dumps(tables, indent=1))
+    for method in args.methods.split(","):
+        rows = [forget_one(run_dir, method, int(c), out / "runs", args.extra) for c in args.classes.split(",")]
+        print(markdown(method, rows), flush=True)
+        write_text(out / f"table-{method}.md", markdown(method, rows))  # one file per method: reruns keep the others
+        write_text(out / f"table-{method}.json", json.dumps(rows, indent=1))
     return 0
 
 

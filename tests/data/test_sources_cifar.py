@@ -165,3 +165,21 @@ def test_failed_download_becomes_dataset_not_found(tmp_path: Path, monkeypatch) 
 def test_bad_image_size_is_rejected_early(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="data.image_size=0"):
         load_cifar10(str(tmp_path), image_size=0)
+
+
+def test_cifar20_super_classes_are_the_labels_and_fine_labels_stay(tmp_path: Path) -> None:
+    x_tr, fine_tr, coarse_tr, x_te, fine_te, coarse_te = write_cifar100(tmp_path)
+    data = load_cifar100(str(tmp_path), labels="coarse", augment=False)
+    assert data.train.targets == coarse_tr and data.test.targets == coarse_te and data.classes[0] == "coarse_00"
+    assert len(data.classes) == 20 and data.coarse_train is None
+    assert data.train.fine_targets == fine_tr and data.test.fine_targets == fine_te
+    assert data.train.fine_classes[7] == "fine_07"
+    with pytest.raises(ValueError, match=r"data.source.labels='super'; allowed: \['fine', 'coarse'\]"):
+        load_cifar100(str(tmp_path), labels="super")
+    write_cifar10(tmp_path)
+    with pytest.raises(ValueError, match="coarse labels exist for cifar100 only"):
+        load_cifar10(str(tmp_path), labels="coarse")
+    rotated = load_cifar100(str(tmp_path), rotation=15)
+    assert "RandomRotation" in repr(rotated.train.transform) and "RandomRotation" not in repr(rotated.test.transform)
+    with pytest.raises(ValueError, match="data.source.rotation=-1"):
+        load_cifar100(str(tmp_path), rotation=-1)

@@ -92,3 +92,21 @@ def test_written_splits_reload_as_the_same_split(tmp_path):
     (tmp_path / "bad.txt").write_text("0\n99\n")
     with pytest.raises(ForgetError, match=r"1 entries are not samples the checkpoint has seen, e.g. \[99\]"):
         make_split(IndicesForget(str(tmp_path / "bad.txt")), seen)
+
+
+def test_classes_by_name_and_subclass_on_a_superclass_model():
+    stream = _stream()
+    stream.source.classes = ["zero", "one", "two", "three", "four", "five"]
+    s = make_split(ClassForget(["two", 3]), SeenData(stream, 1))
+    assert s.forget_classes == [2, 3] and [i for _, i in s.forget_train] == [2, 3, 6, 7]
+    with pytest.raises(ForgetError, match=r"'tow' is not a class name.*did you mean \['two'\]"):
+        make_split(ClassForget(["tow"]), SeenData(stream, 1))
+    # a model trained on super-classes (data=cifar20): labels are TRAIN_Y, fine labels pick the forget samples
+    fine_tr = [10 * y + (i // 4) % 2 for i, y in enumerate(TRAIN_Y)]  # two fine classes per label: 10y, 10y + 1
+    stream.source.train.fine_targets, stream.source.train.fine_classes = fine_tr, [f"f{i}" for i in range(60)]
+    stream.source.test.fine_targets = [10 * y for y in TEST_Y]
+    sub = make_split(SubclassForget("f20"), SeenData(stream, 2))  # fine 20: label 2, train index 2 (index 6: 21)
+    assert [i for _, i in sub.forget_train] == [2] and [i for _, i in sub.forget_test] == [2]
+    assert sub.forget_classes == [] and (1, 6) in sub.retain_train  # its sibling fine 21 (same label 2) is retained
+    with pytest.raises(ForgetError, match="no seen training sample has this fine label"):
+        make_split(SubclassForget("f59"), SeenData(stream, 2))

@@ -132,9 +132,19 @@ def _load_cifar(
     augment: bool = True,
     mean: Sequence[float] = (0.0, 0.0, 0.0),
     std: Sequence[float] = (1.0, 1.0, 1.0),
+    labels: str = "fine",
+    rotation: float = 0.0,
 ) -> SplitDatasets:
-    """CIFAR ``key`` (``cifar10`` or ``cifar100``): train/test :class:`ArrayImageDataset` s, CODA-Prompt transforms."""
+    """CIFAR ``key`` (``cifar10`` or ``cifar100``): train/test :class:`ArrayImageDataset` s, CODA-Prompt transforms
+    (``rotation``: an extra ``RandomRotation`` in degrees for training, see ``transforms.py``).
+
+    ``labels`` (CIFAR-100 only): ``fine`` (100 classes) or ``coarse`` (CIFAR-20: the 20 super-classes are the targets
+    and ``classes``; the fine labels and names stay on the datasets as ``fine_targets`` / ``fine_classes``, for
+    sub-class forgetting as in SSD's CIFAR-20 setting)."""
     check_image_args(image_size, mean, std)
+    if labels not in ("fine", "coarse") or (labels == "coarse" and key != "cifar100"):
+        allowed = "['fine', 'coarse']" if key == "cifar100" else "['fine'] (coarse labels exist for cifar100 only)"
+        raise ValueError(f"data.source.labels={labels!r}; allowed: {allowed}")
     data_dir = os.path.expanduser(os.fspath(data_dir))
     folder = _ensure_files(key, data_dir, download)
     spec = _SPECS[key]
@@ -145,12 +155,20 @@ def _load_cifar(
 
     meta = _read_pickle(os.path.join(folder, spec["meta"]))
     classes = _decode_names(meta[spec["names_key"]])
-    train_tf, test_tf = build_transforms(image_size, mean, std, augment, native_size=CIFAR_NATIVE_SIZE)
+    train_tf, test_tf = build_transforms(
+        image_size, mean, std, augment, native_size=CIFAR_NATIVE_SIZE, rotation=rotation
+    )
     x_tr, y_tr, c_tr = _read_batches(folder, spec["train"], spec["label_key"], coarse)
     x_te, y_te, c_te = _read_batches(folder, spec["test"], spec["label_key"], coarse)
     train, test = ArrayImageDataset(x_tr, y_tr, train_tf), ArrayImageDataset(x_te, y_te, test_tf)
     for ds in (train, test):
         ds.classes = classes
+    if coarse and labels == "coarse":  # CIFAR-20: super-classes are the targets, fine labels kept beside them
+        coarse_classes = _decode_names(meta["coarse_label_names"])
+        train, test = ArrayImageDataset(x_tr, c_tr, train_tf), ArrayImageDataset(x_te, c_te, test_tf)
+        for ds, fine in ((train, y_tr), (test, y_te)):
+            ds.classes, ds.fine_targets, ds.fine_classes = coarse_classes, fine, classes
+        return SplitDatasets(train=train, test=test, classes=coarse_classes)
     if coarse:
         coarse_classes = _decode_names(meta["coarse_label_names"])
         train.coarse_targets, test.coarse_targets = c_tr, c_te
@@ -161,7 +179,8 @@ def _load_cifar(
 def load_cifar10(data_dir: str, **options: Any) -> SplitDatasets:
     """CIFAR-10 (10 classes, 50,000 train / 10,000 test, 32x32) from ``<data_dir>/cifar-10-batches-py``.
 
-    ``options``: ``image_size``, ``download``, ``augment``, ``mean``, ``std`` (defaults in :func:`_load_cifar`).
+    ``options``: ``image_size``, ``download``, ``augment``, ``mean``, ``std``, ``rotation`` (defaults in
+    :func:`_load_cifar`).
     """
     return _load_cifar("cifar10", data_dir, **options)
 
@@ -169,6 +188,7 @@ def load_cifar10(data_dir: str, **options: Any) -> SplitDatasets:
 def load_cifar100(data_dir: str, **options: Any) -> SplitDatasets:
     """CIFAR-100 (100 fine / 20 coarse classes, 50,000 / 10,000, 32x32) from ``<data_dir>/cifar-100-python``.
 
-    ``options`` as for :func:`load_cifar10`.
+    ``options`` as for :func:`load_cifar10`, plus ``labels`` (``fine`` | ``coarse``: CIFAR-20,
+    ``conf/data/cifar20.yaml``).
     """
     return _load_cifar("cifar100", data_dir, **options)

@@ -31,6 +31,7 @@ def build_transforms(
     std: Sequence[float] = (1.0, 1.0, 1.0),
     augment: bool = True,
     native_size: int | None = None,
+    rotation: float = 0.0,
 ) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
     """Return ``(train_transform, test_transform)`` mapping an RGB PIL image to a normalised CxHxW float tensor.
 
@@ -39,7 +40,11 @@ def build_transforms(
         mean, std: per-channel normalisation (``data.mean``, ``data.std``).
         augment: random crop + horizontal flip for training (``data.augment``); if false, train uses the test transform.
         native_size: side of the dataset's (square) images, or ``None`` when images vary in size.
+        rotation: > 0 adds ``RandomRotation(rotation)`` (degrees) after the flip (the pytorch-cifar100 recipe of
+            SSD's reference code, github weiaicunzai/pytorch-cifar100: crop, flip, rotation 15); 0 = CODA-Prompt's.
     """
+    if not isinstance(rotation, int | float) or isinstance(rotation, bool) or not 0 <= rotation <= 180:
+        raise ValueError(f"data.source.rotation={rotation!r}; allowed: degrees in [0, 180] (0 = no rotation)")
     check_image_args(image_size, mean, std)
     if native_size is not None and (not isinstance(native_size, int) or native_size <= 0):
         raise ValueError(f"native_size={native_size!r}: must be a positive integer or None")
@@ -57,5 +62,6 @@ def build_transforms(
         crop = T.RandomCrop(image_size, padding=max(1, image_size // 8))
     else:
         crop = T.RandomResizedCrop(image_size)
-    train_tf = T.Compose([crop, T.RandomHorizontalFlip(), *tail])
+    rotate = [T.RandomRotation(float(rotation))] if rotation > 0 else []
+    train_tf = T.Compose([crop, T.RandomHorizontalFlip(), *rotate, *tail])
     return train_tf, test_tf
