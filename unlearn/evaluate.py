@@ -9,7 +9,8 @@
 * ``probe_forget_test_acc`` / ``probe_retain_test_acc``: a linear probe (multinomial logistic regression on
   standardised penultimate features ``backbone(x)``) trained on all seen training data, forget samples included, and
   tested on the forget / retain test splits: whether the forgotten classes stay linearly decodable from the features
-  even when the head no longer predicts them.
+  even when the head no longer predicts them; ``probe_forget_test_acc_per_class`` gives it per forgotten class.
+* ``relearn`` / ``relearn_forget_acc`` (after unlearning only): the relearning attack of :mod:`unlearn.relearn`.
 The same keys for the model before unlearning are prefixed ``original_``; with a reference run on the same split
 (``reference=PATH``, e.g. ``retrain``), ``gap_to_reference_<key>`` = this model's value minus the reference's.
 """
@@ -27,7 +28,8 @@ from torch.utils.data import DataLoader, Dataset
 ACC_KEYS = ("retain_train_acc", "retain_test_acc", "forget_train_acc", "forget_test_acc", "test_acc")
 MIA_KEYS = ("mia_entropy", "mia_loss")
 PROBE_KEYS = ("probe_forget_test_acc", "probe_retain_test_acc")
-SCALAR_KEYS = ACC_KEYS + MIA_KEYS + PROBE_KEYS
+RELEARN_KEYS = ("relearn_forget_acc",)  # unlearn/relearn.py: after unlearning only
+SCALAR_KEYS = ACC_KEYS + MIA_KEYS + PROBE_KEYS + RELEARN_KEYS
 
 
 def class_masks(model: nn.Module, stream: Any) -> torch.Tensor:
@@ -65,10 +67,8 @@ def _acc(p: dict[str, np.ndarray]) -> float | None:
     return float((p["pred"] == p["y"]).mean()) if len(p["y"]) else None
 
 
-def linear_probe(
-    train: list[dict[str, np.ndarray]], tests: list[dict[str, np.ndarray]], seed: int
-) -> list[float | None]:
-    """Fit a logistic regression on the train pools' features; accuracy on each test pool (None when empty)."""
+def linear_probe(train: list[dict[str, np.ndarray]], tests: list[dict[str, np.ndarray]], seed: int) -> list[np.ndarray]:
+    """Fit a logistic regression on the train pools' features; its predictions on each test pool."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
@@ -76,7 +76,12 @@ def linear_probe(
     y = np.concatenate([p["y"] for p in train])
     scaler = StandardScaler().fit(x)
     clf = LogisticRegression(max_iter=500, random_state=seed).fit(scaler.transform(x), y)
-    return [float((clf.predict(scaler.transform(p["feat"])) == p["y"]).mean()) if len(p["y"]) else None for p in tests]
+    return [clf.predict(scaler.transform(p["feat"])) if len(p["y"]) else np.zeros(0, dtype=int) for p in tests]
+
+
+def per_class_accuracy(y: np.ndarray, pred: np.ndarray, classes: list[int]) -> dict[str, float | None]:
+    """Accuracy of ``pred`` on the samples of each class (JSON keys: the class index as a string)."""
+    return {str(c): float((pred[y == c] == c).mean()) if (y == c).any() else None for c in classes}
 
 
 def evaluate_model(model: nn.Module, task: Any, eval_batch_size: int, probe: bool = True) -> dict[str, Any]:
@@ -107,9 +112,15 @@ def evaluate_model(model: nn.Module, task: Any, eval_batch_size: int, probe: boo
     r["mia_entropy"] = entropy_attack(out["retain_train"]["entropy"], test["entropy"], out["forget_train"]["entropy"])
     r["mia_loss"] = loss_attack(out["retain_train"]["loss"], test["loss"], out["forget_train"]["loss"])
     if probe:
-        r["probe_forget_test_acc"], r["probe_retain_test_acc"] = linear_probe(
-            [out["retain_train"], out["forget_train"]], [out["forget_test"], out["retain_test"]], task.seed
+        tests = [out["forget_test"], out["retain_test"]]
+        preds = linear_probe([out["retain_train"], out["forget_train"]], tests, task.seed)
+        r["probe_forget_test_acc"], r["probe_retain_test_acc"] = (
+            float((p == t["y"]).mean()) if len(p) else None for p, t in zip(preds, tests, strict=True)
         )
+        if split.forget_classes:  # is each forgotten class still linearly decodable from the features?
+            r["probe_forget_test_acc_per_class"] = per_class_accuracy(
+                out["forget_test"]["y"], preds[0], list(split.forget_classes)
+            )
     tag, taw = evaluate_stream(model, stream, eval_batch_size, device)
     r["per_task_acc"] = taw if stream.scenario == "task" else tag
     model.train(was)

@@ -87,6 +87,12 @@ def run_unlearning(cfg: DictConfig, run_dir: Path, overrides: list[str] | None =
         claim_output(run_dir)
     spec = _instantiate(cfg.forget, "forget")  # cheap option checks first, then the checkpoint
     method = _instantiate(cfg.unlearn_method, "unlearn_method")
+    try:
+        from unlearn.relearn import check_relearn
+
+        check_relearn(cfg.eval.get("relearn"))
+    except (ValueError, TypeError) as err:
+        raise UnlearnConfigError(str(err)) from err
     ctx = load_context(cfg.get("checkpoint"), cfg, overrides)
     seen = SeenData(ctx.stream, ctx.experience)
     try:
@@ -114,9 +120,17 @@ def run_unlearning(cfg: DictConfig, run_dir: Path, overrides: list[str] | None =
         task.device = compute_device(ctx.cfg.trainer)
 
     if is_global_zero():  # under DDP rank 0 alone writes (splits, checkpoint, report)
+        from hydra.core.hydra_config import HydraConfig
+
         from cl.engine.run_dir import write_hydra_record
 
-        write_hydra_record(run_dir, ".hydra", cfg)
+        if HydraConfig.initialized():
+            write_hydra_record(run_dir, ".hydra", cfg)
+        else:  # a library call (studies, benchmarks compose in-process): the config and the overrides given
+            from cl.utils.atomic import write_text
+
+            write_text(run_dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(cfg))
+            write_text(run_dir / ".hydra" / "overrides.yaml", OmegaConf.to_yaml(list(overrides or [])))
         write_splits(split, ctx.stream, run_dir / "splits")
     eval_bs, probe = int(ctx.cfg.data.eval_batch_size), bool(cfg.eval.probe)
     torch.manual_seed(int(cfg.seed))
@@ -125,6 +139,10 @@ def run_unlearning(cfg: DictConfig, run_dir: Path, overrides: list[str] | None =
     model = method.unlearn(ctx.method, task)
     seconds = float(method.info.pop("method_seconds", time.perf_counter() - start))
     after = evaluate_once(model, task, eval_bs, probe)
+    if cfg.eval.get("relearn") is not None:  # every rank computes it (deterministic, no collective step)
+        from unlearn.relearn import relearn_attack
+
+        after.update(relearn_attack(model, task, cfg.eval.relearn, eval_bs))
 
     report = combine(after, before, reference)
     report.update(

@@ -1,6 +1,7 @@
 """Writing an unlearning run's report: ``unlearn_report.json`` (every key), ``unlearn_report.csv`` (one row per metric:
-original, unlearned, reference, gap; one row per experience for ``per_task_acc``) and ``unlearn_report.png`` (bars
-of the scalar metrics before / after unlearning and of the reference). All files are written atomically."""
+original, unlearned, reference, gap; one row per experience for ``per_task_acc``), ``unlearn_report.png`` (bars
+of the scalar metrics before / after unlearning and of the reference) and ``unlearn_per_task.png`` (heatmap of every
+experience's accuracy before / after unlearning and of the reference). All files are written atomically."""
 
 from __future__ import annotations
 
@@ -59,6 +60,47 @@ def plot(report: dict[str, Any], reference: dict[str, Any] | None, path: Path) -
     plt.close(fig)
 
 
+def per_task_rows(report: dict[str, Any], reference: dict[str, Any] | None) -> tuple[list[str], list[list[float]]]:
+    """The rows of the per-experience heatmap: accuracy of every experience before and after unlearning (and of the
+    reference run); an experience without a value (another stream length) is NaN."""
+    rows = [
+        ("original", report.get("original_per_task_acc")),
+        (report.get("method", "unlearned"), report.get("per_task_acc")),
+    ]
+    if reference is not None:
+        rows.append((f"reference ({reference.get('method', '?')})", reference.get("per_task_acc")))
+    n = max(len(v or []) for _, v in rows)
+    return [r for r, _ in rows], [[float(x) for x in (v or [])] + [float("nan")] * (n - len(v or [])) for _, v in rows]
+
+
+def plot_per_task(report: dict[str, Any], reference: dict[str, Any] | None, path: Path) -> list[list[float]]:
+    """``unlearn_per_task.png``: heatmap of :func:`per_task_rows`, each cell annotated; returns the plotted matrix."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from cl.utils.atomic import write_with
+
+    labels, matrix = per_task_rows(report, reference)
+    m = np.array(matrix, dtype=float)
+    fig, ax = plt.subplots(figsize=(max(4, 0.9 * m.shape[1] + 2.5), 0.6 * m.shape[0] + 1.4))
+    im = ax.imshow(m, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    for (i, j), v in np.ndenumerate(m):
+        if np.isfinite(v):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8, color="white" if v < 0.6 else "black")
+    ax.set_xticks(range(m.shape[1]), [f"exp {j}" for j in range(m.shape[1])], fontsize=8)
+    ax.set_yticks(range(m.shape[0]), labels, fontsize=8)
+    forgotten = report.get("forget_classes") or []
+    ax.set_title(f"accuracy per experience · forget={report.get('forget')} {forgotten or ''}", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+    return matrix
+
+
 def write_report(run_dir: Path, report: dict[str, Any], reference: dict[str, Any] | None) -> None:
     from cl.utils.atomic import write_json, write_text
 
@@ -66,3 +108,5 @@ def write_report(run_dir: Path, report: dict[str, Any], reference: dict[str, Any
     write_json(run_dir / "unlearn_report.json", report)
     write_text(run_dir / "unlearn_report.csv", "".join(",".join(r) + "\n" for r in report_rows(report, reference)))
     plot(report, reference, run_dir / "unlearn_report.png")
+    if report.get("per_task_acc"):
+        plot_per_task(report, reference, run_dir / "unlearn_per_task.png")

@@ -148,3 +148,62 @@ def test_foreign_or_missing_checkpoint_is_refused(tmp_path):
         unlearn(foreign, tmp_path / "o", "forget.classes=[1]")
     with pytest.raises(UnlearnConfigError, match="checkpoint is not set"):
         unlearn("", tmp_path / "o", "forget.classes=[1]")
+
+
+@pytest.mark.slow  # one unlearning run with the probe and the attack: 25-160 s on 2 cores (load-dependent)
+def test_probe_per_class_and_relearning_attack(trained, tmp_path):
+    import math
+
+    # gradient ascent: a cheap method (SSD's full-data pass would dominate the test's time)
+    ov = ("unlearn_method=gradient_ascent", "unlearn_method.lr=0.1", "forget.classes=[2,3]", "eval.relearn.lr=0.1")
+    r = unlearn(trained, tmp_path / "a", *ov, probe=True)
+    labels = [int(ln.split(",")[2]) for ln in (tmp_path / "a/splits/forget_test.csv").read_text().splitlines()[1:]]
+    per = r["probe_forget_test_acc_per_class"]
+    assert set(per) == {"2", "3"} and set(r["original_probe_forget_test_acc_per_class"]) == {"2", "3"}
+    weighted = sum(per[str(c)] * labels.count(c) for c in (2, 3)) / len(labels)
+    assert weighted == pytest.approx(r["probe_forget_test_acc"])  # the per-class values make up the pooled one
+    rel, n_forget = r["relearn"], r["sizes"]["forget_train"]
+    assert rel["steps"] == [0, 1, 2, 5, 10] and rel["samples"] == math.ceil(0.1 * n_forget)
+    assert rel["samples"] + rel["heldout_samples"] == n_forget
+    assert rel["forget_test_acc"][0] == pytest.approx(r["forget_test_acc"])  # step 0 is the unlearned model itself
+    assert r["relearn_forget_acc"] == rel["forget_test_acc"][-1] and "original_relearn_forget_acc" not in r
+    assert len(set(rel["forget_test_acc"])) > 1  # the fine-tuning steps move the forget-set predictions
+    assert "relearn_forget_acc" in (tmp_path / "a/unlearn_report.csv").read_text()
+    assert (tmp_path / "a/unlearn_per_task.png").is_file()
+
+
+def test_per_task_heatmap_rows(tmp_path):
+    import numpy as np
+
+    from unlearn.report import per_task_rows, plot_per_task
+
+    r = {"method": "ssd", "forget": "class", "original_per_task_acc": [0.9, 0.8, 0.7], "per_task_acc": [0.1, 0.8, 0.6]}
+    m = plot_per_task(r, {"method": "retrain", "per_task_acc": [0.5, 0.25]}, tmp_path / "h.png")
+    assert m[0] == [0.9, 0.8, 0.7] and m[1] == [0.1, 0.8, 0.6] and m[2][:2] == [0.5, 0.25] and np.isnan(m[2][2])
+    assert per_task_rows(r, None)[0] == ["original", "ssd"] and (tmp_path / "h.png").stat().st_size > 1000
+
+
+def test_relearn_options_are_checked_before_any_work(trained, tmp_path):
+    from unlearn.context import UnlearnConfigError
+
+    with pytest.raises(UnlearnConfigError, match=r"eval.relearn.steps=\[5, 1\]; allowed: increasing"):
+        unlearn(trained, tmp_path, "forget.classes=[1]", "eval.relearn.steps=[5,1]")
+    with pytest.raises(UnlearnConfigError, match=r"eval.relearn.fraction=0.0; allowed"):
+        unlearn(trained, tmp_path, "forget.classes=[1]", "eval.relearn.fraction=0.0")
+    assert not (tmp_path / "splits").exists()
+
+
+def test_library_call_without_hydra_writes_its_record(trained, tmp_path):
+    """Studies and benchmarks compose in-process (no Hydra runtime): the run still records its config and overrides."""
+    from hydra.core.hydra_config import HydraConfig
+
+    import unlearn.resolvers  # noqa: F401
+    from unlearn.pipeline import run_unlearning
+
+    ov = [f"checkpoint={trained}", "eval.probe=false", "eval.relearn=null", "forget.classes=[1]"]
+    ov.append("unlearn_method=gradient_ascent")  # the cheapest method: the record is what is checked
+    cfg = compose_config(ov, tmp_path, shrink=False, config_name="unlearn")
+    HydraConfig.instance().cfg = None  # as after hydra's compose API alone
+    run_unlearning(cfg, tmp_path / "lib", ov)
+    assert (tmp_path / "lib/.hydra/config.yaml").is_file()
+    assert "forget.classes=[1]" in (tmp_path / "lib/.hydra/overrides.yaml").read_text()
