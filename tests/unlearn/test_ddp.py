@@ -76,8 +76,10 @@ def _written_once(out: Path) -> None:
     # the engine after the checks (issue 18), so the log is not where to look.
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["unlearned_task_1.ckpt"]
     names = sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.endswith(".log"))
-    # .lock: the output directory's ownership lock (issue 18), created by rank 0
-    assert names == [".lock", "unlearn_report.csv", "unlearn_report.json", "unlearn_report.png"], names
+    # .lock: the output directory's ownership lock (issue 18), created by rank 0; unlearn_per_task.png: the
+    # per-experience heatmap of the report (issue 17), written once by rank 0 like the other report files
+    expected = [".lock", "unlearn_per_task.png", "unlearn_report.csv", "unlearn_report.json", "unlearn_report.png"]
+    assert names == expected, names
     assert len(list((out / "splits").iterdir())) == 5
     assert sorted(p.name for p in (out / ".hydra").iterdir()) == ["config.yaml", "hydra.yaml", "overrides.yaml"]
 
