@@ -20,7 +20,7 @@ import sys
 GRID = {
     "batch": [500.0, 200.0, 100.0, 50.0, 25.0, 15.0, 10.0, 5.0, 2.0, 1.0, 0.5],
     "per_sample": [0.98, 0.95, 0.9, 0.85, 0.8, 0.6, 0.4, 0.2],
-    "iau": [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0],
+    "iau": [1e-5, 3e-5, 1e-4, 2e-4, 3e-4, 5e-4, 7e-4, 1e-3, 2e-3],
 }
 
 
@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--classes", default="0,5")
     ap.add_argument("--method", default="ssd", choices=["ssd", "lfssd", "iau"])
     ap.add_argument("--mode", default="batch", choices=["batch", "per_sample"], help="SSD/LFSSD importance")
+    ap.add_argument("--optimizer", default="adam", choices=["adam", "sgd"], help="IAU's step")
     ap.add_argument("--order", default="reference", choices=["reference", "shuffled"])
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lambdas", default="1.0")
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.method == "iau":
         from unlearn.methods.iau import IAU
 
-        method = IAU(lr="auto")
+        method = IAU(lr="auto", optimizer=args.optimizer)
     else:
         from unlearn.methods.ssd import LFSSD, SSD
 

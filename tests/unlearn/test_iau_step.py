@@ -50,7 +50,7 @@ def test_one_sgd_step_equals_the_hand_computed_update():
     gWf, gbf = _mean_ce_grad(W0, b0, xf.double().numpy(), yf.numpy(), m)
     eta = 0.3
     # batch_size 4 splits 11 retain samples 4/4/3: accumulation must still give the exact full-set mean
-    IAU(lr=eta, batch_size=4).unlearn(model, _task(xr.double(), yr, xf.double(), yf, mask))
+    IAU(lr=eta, optimizer="sgd", batch_size=4).unlearn(model, _task(xr.double(), yr, xf.double(), yf, mask))
     np.testing.assert_allclose(model.weight.detach().numpy(), W0 - eta * (gWr - gWf), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(model.bias.detach().numpy(), b0 - eta * (gbr - gbf), rtol=1e-10, atol=1e-12)
     assert all(p.grad is None for p in model.parameters())

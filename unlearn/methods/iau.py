@@ -1,17 +1,27 @@
-"""Influence Approximation Unlearning (Liu, Wu, Lian, Chen, arXiv 2507.23257, 2025; code Lolo1222/IAU).
+"""Influence Approximation Unlearning (Liu, Wu, Lian, Chen, arXiv 2507.23257, 2025; code github Lolo1222/IAU).
 
 Removing D_f is approximated, to first order, by incrementally *learning* virtual points whose gradients are the
 negated forget gradients, corrected by a descent step on the remaining data:
 
     theta_u = theta* - eta * ( grad L_r(theta*) - grad L_f(theta*) ),
 
-with L_r and L_f the mean cross-entropies over D_r and D_f. Departures from the reference code (spec iau.md §6):
-the two full-batch gradients are accumulated over mini-batches (``batch_size``), each batch weighted by its share of
-the set, which gives exactly the full-batch mean without holding the whole set in memory; ``optimizer=sgd`` (default)
-takes the paper's step ``eta``; ``optimizer=adam`` reproduces the reference code's single step of a fresh Adam
-(lr 1e-3), which moves each parameter by about ``lr * sign(g)``. Gradients are zeroed first (the reference relies on a
-freshly loaded model). The model is in eval mode (no dropout). The gradient-restriction training loss of the paper
-is ``cl.run``'s ``+method.grad_restriction=ALPHA`` (``cl/methods/base.py``).
+with L_r and L_f the mean cross-entropies over D_r and D_f. The reference code (``IAU_unlearn.py``) takes this step
+with a *fresh Adam* (lr 1e-3, ``utility/parser.py``): one Adam step from zero state moves every parameter by
+``lr * g / (|g| + eps)``, i.e. about ``lr * sign(g)``, whatever the gradient's scale. ``optimizer=adam, lr=0.001``
+(the default) is that step; ``optimizer=sgd`` takes the paper formula's plain step ``eta * g``.
+
+Why Adam is the default (issue 17, experiments/unlearn_native/README.md "IAU: the collapse diagnosed"): the plain
+step's scale is the gradient's, which differs by orders of magnitude between models; on a batch-norm CNN trained on
+digits the first conv's gradient norm is 13x its weight norm, so eta >= 0.01 (the old grid) wrecked every class,
+while the sign-like step has one scale for every parameter (the usable range on that model: lr 2e-4 ... 1e-3).
+
+Departures from the reference code (spec: code defects 2, 3): the two full-batch gradients are accumulated over
+mini-batches (``batch_size``), each batch weighted by its share of the set, which gives the full-batch mean without
+holding the whole set in memory; gradients are zeroed first (the reference relies on a freshly loaded model). The
+gradients are taken with the model in eval mode: the reference's LeNet-5 has neither batch norm nor dropout, so its
+train mode is the same thing; for a batch-norm model train mode would normalise with the statistics of one forget
+batch and overwrite the running statistics. The gradient-restriction training loss of the paper is ``cl.run``'s
+``+method.grad_restriction=ALPHA`` (``cl/methods/base.py``).
 """
 
 from __future__ import annotations
@@ -26,16 +36,34 @@ from unlearn.calibrate import AutoConfig, Calibratable, calibrate
 from unlearn.context import UnlearnConfigError
 from unlearn.methods.base import OPTIMIZERS, UnlearningMethod, UnlearnTask, check_choice, check_positive
 
+# lr=auto grids (gentlest first) when unlearn_method.auto.grid is null: the step sizes that go from "nothing changes" to
+# "every class is forgotten" on the digits models of experiments/unlearn_native (cnn_small: calibration tables there)
+GRIDS = {
+    "adam": [1e-5, 3e-5, 1e-4, 2e-4, 3e-4, 5e-4, 7e-4, 1e-3, 2e-3],
+    "sgd": [1e-5, 3e-5, 1e-4, 2e-4, 3e-4, 5e-4, 7e-4, 1e-3, 3e-3, 1e-2],
+}
+
+
+def default_grid(auto: Any, optimizer: str) -> dict[str, Any]:
+    """``auto`` as a dict with ``grid`` filled from :data:`GRIDS` when it is null or absent."""
+    from omegaconf import DictConfig, OmegaConf
+
+    raw = OmegaConf.to_container(auto, resolve=True) if isinstance(auto, DictConfig) else dict(auto or {})
+    if raw.get("grid") is None and optimizer in GRIDS:
+        raw["grid"] = list(GRIDS[optimizer])
+    return raw
+
 
 class IAU(UnlearningMethod, Calibratable):
-    """One corrected influence step: ``theta - eta * (grad L_r - grad L_f)``. ``lr="auto"``: eta chosen on held-out
-    classes of the same checkpoint (:mod:`unlearn.calibrate`; grid and criterion in ``auto``)."""
+    """One corrected influence step along ``-(grad L_r - grad L_f)``: a fresh Adam's first step (default, the reference
+    code) or a plain step ``eta`` (sgd). ``lr="auto"``: the step size chosen on held-out classes of the same checkpoint
+    (:mod:`unlearn.calibrate`; grid and criterion in ``auto``; grid null: :data:`GRIDS` of the optimizer)."""
 
     def __init__(
         self,
         name: str = "iau",
-        lr: float | str = 0.05,
-        optimizer: str = "sgd",
+        lr: float | str = 1e-3,
+        optimizer: str = "adam",
         batch_size: int = 256,
         auto: Any = None,
     ) -> None:
@@ -47,7 +75,7 @@ class IAU(UnlearningMethod, Calibratable):
         check_choice("unlearn_method.optimizer", optimizer, OPTIMIZERS)
         check_positive("unlearn_method.batch_size", batch_size, integer=True)
         self.lr, self.optimizer, self.batch_size = lr if lr == "auto" else float(lr), optimizer, int(batch_size)
-        self.auto = AutoConfig.from_config(auto, "unlearn_method.auto")
+        self.auto = AutoConfig.from_config(default_grid(auto, optimizer), "unlearn_method.auto")
 
     def accumulate(self, model: nn.Module, task: UnlearnTask, params: list[nn.Parameter]) -> None:
         """Leave ``grad L_r - grad L_f`` (exact set means, accumulated over mini-batches) in ``p.grad``."""
