@@ -78,8 +78,9 @@ def reports(tmp_path_factory) -> tuple[dict, dict]:
     strict=False,
     reason="SSD's known limit (unlearn/methods/ssd.py): a class fit to near-zero loss has near-zero importance. "
     "Measured on a fresh full default checkpoint (seed 0, 5 epochs), class 6 (train CE 0.14, others 0.43-2.11): "
-    "alpha 15 selects 210 of 77,770 weights, forget-test 0.956 vs retrain 0.511; the 9 held-out classes are forgotten "
-    "(mean forget-test 0.007, retain -2.6 points); per-sample, sampled-label and training-mask importances fail too",
+    "alpha 15 (session 6, D shuffled) selects 210 of 77,770 weights, forget-test 0.956 vs retrain 0.511; the 9 "
+    "held-out classes are forgotten (mean forget-test 0.007, retain -2.6 points); per-sample, sampled-label and "
+    "training-mask importances fail too",
 )
 def test_ssd_forgets_at_least_as_much_as_retrain_and_keeps_retain_accuracy(reports):
     ssd, ref = reports

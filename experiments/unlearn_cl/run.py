@@ -1,0 +1,105 @@
+"""Study unlearn_cl: forgetting one class of a continual-learning checkpoint with every unlearning method, against
+``retrain`` (the same recipe replayed on the retain set) on the same split.
+
+    python experiments/unlearn_cl/run.py --checkpoint RUN_DIR --name er --classes 0,5,9
+
+For every class: ``retrain`` first (the gold standard, ``unlearn_method=retrain``), then every other method with
+``reference=<the retrain run>`` (``python -m unlearn.run``'s pipeline, in-process, same code path). Writes
+``<out>/<name>/table.md`` / ``.json``: per method and class the forget-test and retain-test accuracy before → after,
+the entropy MIA on the forget set, the seconds of the method's own work, the gap of the forget-test accuracy to
+retrain's, and the accuracy of every experience before → after. A run directory that already holds a report is
+reused (an interrupted study resumes). Results: experiments/unlearn_cl/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from experiments.unlearn_native.run import compose  # noqa: E402
+
+METHODS = "retrain,ssd,lfssd,iau,finetune,gradient_ascent,random_label,bad_teacher"
+
+
+def forget_one(checkpoint: str, method: str, c: int, out: Path, extra: list[str]) -> dict:
+    from unlearn.pipeline import run_unlearning
+
+    run_dir = out / f"{method}-class{c}"
+    if (run_dir / "unlearn_report.json").is_file():
+        return json.loads((run_dir / "unlearn_report.json").read_text())
+    ov = [f"checkpoint={checkpoint}", f"unlearn_method={method}", f"forget.classes=[{c}]", "eval.probe=false"]
+    if method != "retrain" and (out / f"retrain-class{c}" / "unlearn_report.json").is_file():
+        ov.append(f"reference={out / f'retrain-class{c}'}")
+    return run_unlearning(compose([*ov, *extra]), run_dir, [*ov, *extra])
+
+
+def row(method: str, c: int, r: dict) -> dict:
+    info = r.get("method_info") or {}
+    return {
+        "method": method,
+        "class": c,
+        "forget_test": [r["original_forget_test_acc"], r["forget_test_acc"]],
+        "retain_test": [r["original_retain_test_acc"], r["retain_test_acc"]],
+        "mia_entropy": [r.get("original_mia_entropy"), r.get("mia_entropy")],
+        "per_task": [r["original_per_task_acc"], r["per_task_acc"]],
+        "seconds": r["seconds"],
+        "gap_forget_test": r.get("gap_to_reference_forget_test_acc"),
+        "strength": info.get("alpha", info.get("lr")),
+        "selected_fraction": info.get("selected_fraction"),
+    }
+
+
+def _f(v: float | None) -> str:
+    return "–" if v is None else f"{v:.2f}"
+
+
+def markdown(name: str, rows: list[dict]) -> str:
+    head = (
+        f"**{name}**\n\n| method | class | forget-test | retain-test | drop (pts) | gap to retrain | MIA entropy | s | "
+        "per experience before → after |\n|---|---|---|---|---|---|---|---|---|\n"
+    )
+    lines = []
+    for r in rows:
+        (f0, f1), (r0, r1), (m0, m1), (p0, p1) = r["forget_test"], r["retain_test"], r["mia_entropy"], r["per_task"]
+        gap = "–" if r["gap_forget_test"] is None else f"{r['gap_forget_test']:+.2f}"
+        per = " ".join(_f(v) for v in p0) + " → " + " ".join(_f(v) for v in p1)
+        lines.append(
+            f"| {r['method']} | {r['class']} | {f0:.2f} → {f1:.2f} | {r0:.3f} → {r1:.3f} | {100 * (r0 - r1):+.1f} | "
+            f"{gap} | {_f(m0)} → {_f(m1)} | {r['seconds']:.1f} | {per} |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True, help="a cl.run run directory")
+    ap.add_argument("--name", required=True, help="table name (e.g. er, finetune, coda_prompt)")
+    ap.add_argument("--classes", default="0,1,2,3,4,5,6,7,8,9")
+    ap.add_argument("--methods", default=METHODS, help="retrain first: the others are compared with it")
+    ap.add_argument("--out", default=str(ROOT / "logs" / "studies" / "unlearn_cl"))
+    ap.add_argument("--extra", nargs="*", default=[], help="more unlearn.run overrides (every method)")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from cl.utils.atomic import write_text
+
+    out = Path(args.out) / args.name
+    methods = args.methods.split(",")
+    rows = []
+    for c in (int(v) for v in args.classes.split(",")):
+        for method in methods:
+            rows.append(row(method, c, forget_one(args.checkpoint, method, c, out / "runs", args.extra)))
+            write_text(out / "table.md", markdown(args.name, rows))  # after every run: a partial table survives
+            write_text(out / "table.json", json.dumps(rows, indent=1))
+    print(markdown(args.name, rows), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
