@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                 extra = [*ref, f"unlearn_method.importance={mode}"]
                 src = source_run_dir(args.checkpoint) / "unlearn_cache"
                 shutil.rmtree(src, ignore_errors=True)
-                rows[f"ssd {mode} (no cache)"] = run_one("ssd", base, out, extra)
+                rows[f"ssd {mode} (no cache)"] = run_one(f"ssd:{mode}", base, out, extra)
                 rows[f"ssd {mode} (cached)"] = run_one(f"ssd:{mode}_cached", base, out, extra)
         else:
             rows[name] = run_one(name, base, out, ref)

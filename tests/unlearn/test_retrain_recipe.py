@@ -30,3 +30,18 @@ def test_recipe_config_without_callbacks_and_configurable_skip_list():
     cfg = OmegaConf.create({"callbacks": {"flops": {"_target_": "cl.callbacks.flops.FlopCounter"}}})
     assert sorted(recipe_config(cfg, []).callbacks) == ["flops"]
     assert Retrain(skip_callbacks=["a.B"]).skip_callbacks == ["a.B"]
+
+
+def test_recipe_config_replaces_a_removed_trainer_and_keeps_its_settings():
+    """A checkpoint trained with the removed lean loop is retrained with Lightning's Trainer, same settings."""
+    import lightning.pytorch as pl
+
+    from cl.engine.trainer import build
+
+    lean = {"_target_": "cl.engine.lean.LeanTrainer", "accelerator": "cpu", "devices": 1, "max_epochs": 3}
+    out = recipe_config(OmegaConf.create({"trainer": lean}), [])
+    assert dict(out.trainer) == {**lean, "_target_": "lightning.pytorch.Trainer"}
+    trainer = build(out.trainer, logger=False, enable_progress_bar=False)
+    assert isinstance(trainer, pl.Trainer) and trainer.max_epochs == 3
+    kept = recipe_config(OmegaConf.create({"trainer": {"_target_": "x.Y", "max_epochs": 1}}), [])
+    assert kept.trainer._target_ == "x.Y"

@@ -21,6 +21,9 @@ from torch.utils.data import Subset
 
 from unlearn.methods.base import UnlearningMethod, UnlearnTask
 
+# trainers of older checkpoints that no longer exist -> their replacement (the lean CPU loop was removed in favour of
+# Lightning's Trainer on every device, with the same settings: conf/trainer/cpu.yaml)
+REMOVED_TRAINERS = {"cl.engine.lean.LeanTrainer": "lightning.pytorch.Trainer"}
 # run-long callbacks that only measure the run (cl/callbacks/flops.py, cl/modules/prompt_reference.py)
 MEASUREMENT_CALLBACKS = ("cl.callbacks.flops.FlopCounter", "cl.modules.prompt_reference.ReferenceRun")
 
@@ -42,11 +45,15 @@ def retain_stream(stream: object, t: int, forget: list[tuple[int, int]]) -> obje
 
 
 def recipe_config(cfg: DictConfig, skip: Sequence[str]) -> DictConfig:
-    """A copy of the training config without the callbacks whose ``_target_`` is in ``skip``."""
+    """A copy of the training config without the callbacks whose ``_target_`` is in ``skip``, a removed trainer
+    (:data:`REMOVED_TRAINERS`, e.g. a checkpoint trained with the lean loop) replaced by its successor."""
     out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     callbacks = out.get("callbacks") or {}
     with open_dict(out):
         out.callbacks = {k: v for k, v in callbacks.items() if v is None or str(v.get("_target_", "")) not in set(skip)}
+        trainer = out.get("trainer") or {}
+        if str(trainer.get("_target_", "")) in REMOVED_TRAINERS:
+            out.trainer._target_ = REMOVED_TRAINERS[str(trainer._target_)]
     return out
 
 
@@ -72,5 +79,6 @@ class Retrain(UnlearningMethod):
             "method_seconds": runner.train_seconds,
             "retrain_run": str(task.work_dir / "retrain_run"),
             "skipped_callbacks": sorted(set(task.ctx.cfg.get("callbacks") or {}) - set(cfg.callbacks)),
+            "trainer": str(cfg.trainer.get("_target_")),
         }
         return runner.method
