@@ -1,5 +1,5 @@
 """Every callback and preset family runs under ``trainer=ddp_cpu`` (issue 18, item 10): the offline default
-(CODA-Prompt with its ``finetune_reference`` callback, a nested stream run on every rank), replay (ER with the
+(CODA-Prompt with its reference-run callbacks, nested streams run on every rank), replay (ER with the
 sensitivity callback), the FPF callback and k-FPF (its step plan uses the global batch), and one preset per later
 method family: GCAB-CFDC (HAT masks, CFDC teacher), RegLoRA (peft LoRA, regularisation masks), CoMEL/OWLoRA (MIL bags,
 one bag per rank), SimpleCIL (prototypes after training: equal to one process's) and the linear probe. EWC, LwF,
@@ -48,10 +48,10 @@ def test_preset_runs_under_two_gloo_processes(tmp_path, preset):
     assert res.returncode == 0, res.stderr[-4000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["complete"] is True and len(metrics["acc_matrix"]) == 2
-    if not preset:  # the finetune reference ran on both ranks and its result reached the main record
-        assert set(metrics["reference"]) == {"finetune"}
-        (ref,) = run_dir.glob("reference*/metrics.json")  # the preset's callbacks.finetune_reference.subdir
-        assert json.loads(ref.read_text())["complete"] is True
+    if not preset:  # the reference runs ran on both ranks and their results reached the main record
+        assert set(metrics["reference"]) == {"finetune", "simplecil", "linear_probe"}
+        refs = sorted(run_dir.glob("reference*/metrics.json"))  # the preset's callbacks.*_reference.subdir
+        assert len(refs) == 3 and all(json.loads(r.read_text())["complete"] is True for r in refs)
     if preset and preset[0] == "experiment=kfpf_digits":
         assert metrics["fpf_triggers"] == 2 and metrics["total_steps"] == 4  # 2 experiences x 2 global batches
 
