@@ -11,11 +11,14 @@ Settings (:func:`setting_keys`) are every resolved key whose value differs betwe
 and the keys that do not change an experiment (paths, devices, logger, progress bar: the keys a resume may change,
 ``cl/engine/resume_policy.py``); keys of the method's own config count among runs of the same method. A subtree that
 only some runs have, the same wherever present (a callback added to some runs), is one setting: its ``_target_``; a
-key equal to the run's seed wherever present (``buffer_seed: ${seed}``) is not a setting.
+key equal to the run's seed wherever present (``buffer_seed: ${seed}``) is not a setting. A weights file
+(``backbone.weights``) is compared by content: the same committed file read from two checkouts is one setting, and
+different files show as ``sha256:<12 hex>``, never as a machine path.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -33,6 +36,8 @@ NON_SETTING_OVERRIDES = {"seed", "method", "resume", "experiment"}
 # resolved keys that never define a setting (besides those a resume may change)
 NON_SETTING_KEYS = ("seed", "resume", "hydra", "method._target_", "method.name")
 MATRIX_SIZE_KEY = "T"  # pseudo-key: the number of experiences of the accuracy matrix, when it varies in a group
+# resolved keys naming a file of weights: compared (and shown) by content, not by path
+FILE_KEYS = ("backbone.weights",)
 
 
 @dataclass
@@ -169,7 +174,23 @@ def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
         for k, v in node.items():
             out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
         return out
-    return {prefix: node}
+    return {prefix: _by_content(prefix, node)}
+
+
+_DIGESTS: dict[str, str] = {}
+
+
+def _by_content(key: str, value: Any) -> Any:
+    """``sha256:<12 hex>`` of the file a :data:`FILE_KEYS` value names (when it exists), else the value itself."""
+    if key not in FILE_KEYS or not isinstance(value, str) or not Path(value).is_file():
+        return value
+    if value not in _DIGESTS:
+        digest = hashlib.sha256()
+        with open(value, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _DIGESTS[value] = f"sha256:{digest.hexdigest()[:12]}"
+    return _DIGESTS[value]
 
 
 def _never_a_setting(key: str) -> bool:
@@ -255,7 +276,7 @@ def setting_of(run: Run, keys: list[str]) -> tuple[str, ...]:
             matrix = run.metrics.get("acc_matrix")
             values.append(str(len(matrix)) if isinstance(matrix, list) else "")
             continue
-        value = lookup(run.config, key)
+        value = _by_content(key, lookup(run.config, key))
         if value is None:
             value = run.overrides.get(key)
         values.append("" if value is None else value if isinstance(value, str) else json.dumps(value))

@@ -79,3 +79,23 @@ def test_keys_that_follow_the_seed_do_not_split_the_seeds(tmp_path):
     result = aggregate(root)
     assert result["keys"] == ["data.name", "scenario.name"] and len(result["rows"]) == 1
     assert result["rows"][0]["n_runs"] == 3
+
+
+def test_weights_files_are_compared_by_content_not_by_path(tmp_path):
+    """The same committed weights read from two checkouts (two paths) is one setting; different weights are two
+    groups labelled by content digest, never by a machine path (experiments/methods_digits: runs from two worktrees)."""
+    a, b, c = (tmp_path / f"w{i}.pt" for i in range(3))
+    a.write_bytes(b"same weights")
+    b.write_bytes(b"same weights")
+    c.write_bytes(b"other weights")
+    root = tmp_path / "sweep"
+    _run(root, "0", 0, 2, 0.8, backbone={"weights": str(a)})
+    _run(root, "1", 1, 2, 0.6, backbone={"weights": str(b)})
+    result = aggregate(root)
+    assert "backbone.weights" not in result["keys"] and len(result["rows"]) == 1
+    _run(root, "2", 2, 2, 0.4, backbone={"weights": str(c)})
+    result = aggregate(root)
+    assert "backbone.weights" in result["keys"] and len(result["rows"]) == 2
+    labels = {r["backbone.weights"] for r in result["rows"]}
+    assert all(label.startswith("sha256:") and len(label) == 19 for label in labels), labels
+    assert str(tmp_path) not in (root / "aggregate" / "summary.csv").read_text()
