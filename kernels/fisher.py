@@ -182,20 +182,17 @@ def _fast_part(plan, model, forward_fn, x, y, generator, chunk, seq, vec, sums) 
     """One batch of the fast backend, added into ``sums``; the reference covers what the rules could not."""
     from kernels import fisher_fast, fisher_reference
 
-    if not plan.drive_decided:  # can the backward run frozen (kernels.fisher_fast, 2.)? two 2-sample probes decide
-        plan.drive_decided = True
-        nothing: dict[str, torch.Tensor] = {}  # probes compute no rule: they add nothing
-        y_probe = torch.zeros(min(2, x.shape[0]), dtype=torch.long, device=x.device)
-        plan.probe = True
-        try:
-            fisher_fast.fast_batch(plan, model, forward_fn, x[:2], y_probe, None, chunk, seq, vec, nothing)
-            reached = set(plan.fired)
-            plan.freeze = True
-            fisher_fast.fast_batch(plan, model, forward_fn, x[:2], y_probe, None, chunk, seq, vec, nothing)
-            plan.freeze = plan.fired == reached
-        finally:
-            plan.probe = False
-    y, failed = fisher_fast.fast_batch(plan, model, forward_fn, x, y, generator, chunk, seq, vec, sums)
+    if plan.drive_decided:
+        y, failed = fisher_fast.fast_batch(plan, model, forward_fn, x, y, generator, chunk, seq, vec, sums)
+    else:  # can the backward run frozen (kernels.fisher_fast, 2.)? the first batch tries it
+        plan.drive_decided = plan.freeze = True
+        y, failed = fisher_fast.fast_batch(plan, model, forward_fn, x, y, generator, chunk, seq, vec, sums)
+        if not plan.captured <= plan.fired:  # a captured layer got no gradient: the probes decide, batch again
+            for v in sums.values():
+                v.zero_()  # the first batch of the call: the sums held nothing else
+            plan.check_values.clear()
+            _probe_drive(plan, model, forward_fn, x, chunk, seq, vec)
+            y, failed = fisher_fast.fast_batch(plan, model, forward_fn, x, y, generator, chunk, seq, vec, sums)
     if plan.broadcast and not plan.checked_broadcast:  # one-time check of the broadcast rule on sample 0
         # sample 0's row of the batch gradient is dl_0/dP_0 + sum_{j>0} dl_j/dP_0, its true gradient is
         # sum_j dl_0/dP_j: they agree when no sample's loss reaches another sample's copy (e.g. a model reading p[0]
@@ -221,6 +218,28 @@ def _fast_part(plan, model, forward_fn, x, y, generator, chunk, seq, vec, sums) 
     if plan.fallback:
         for n, v in fisher_reference.per_sample_sqsum(model, forward_fn, x, y, sorted(plan.fallback), chunk).items():
             sums[n].add_(v.to(sums[n].dtype))
+
+
+def _probe_drive(plan, model, forward_fn, x, chunk, seq, vec) -> None:  # noqa: ANN001
+    """Two 2-sample probes without rules: ``plan.freeze`` if the frozen drive reaches the layers that driving through
+    every layer output reaches. Only when the frozen first batch left a captured layer without a gradient (an input
+    that needs a gradient for a reason outside the model, or a layer whose output the loss does not use); when every
+    captured layer fired, the frozen drive reached all of them and the probes are not run (they cost 5-20 % of a
+    small transformer's batch)."""
+    from kernels import fisher_fast
+
+    nothing: dict[str, torch.Tensor] = {}  # probes compute no rule: they add nothing
+    y_probe = torch.zeros(min(2, x.shape[0]), dtype=torch.long, device=x.device)
+    plan.probe = True
+    try:
+        plan.freeze = False
+        fisher_fast.fast_batch(plan, model, forward_fn, x[:2], y_probe, None, chunk, seq, vec, nothing)
+        reached = set(plan.fired)
+        plan.freeze = True
+        fisher_fast.fast_batch(plan, model, forward_fn, x[:2], y_probe, None, chunk, seq, vec, nothing)
+        plan.freeze = plan.fired == reached
+    finally:
+        plan.probe = False
 
 
 def _per_sample_autograd(model, forward_fn, x: torch.Tensor, y: torch.Tensor, names: list[str]) -> dict:  # noqa: ANN001

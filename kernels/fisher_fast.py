@@ -11,13 +11,15 @@ Mechanics of one batch (``fast_batch``):
    the other rules go to ``rule_workers`` worker threads (one intra-op thread each) while the backward continues on
    the remaining threads, and the calling thread helps drain them once the backward returns.
 2. ``torch.autograd.grad(sum_i l_i, drivers)`` with the drivers being layer outputs (or inputs), never parameters,
-   so no batched weight gradient is computed and ``.grad`` is untouched. Before the first batch, two 2-sample probes
-   check that the "frozen" drive reaches the same layers as driving through every layer output; if so, every batch
-   runs frozen: all model parameters have ``requires_grad`` off during the pass, and a captured layer whose output
-   then needs no gradient (its input does not depend on a driver, e.g. the first layer on ``x``) has that output
-   replaced by a fresh leaf, which is the driver. The backward then computes only the input gradients that training
-   computes too (not d/dx of the first layer, nor any weight gradient), and autograd holds no layer-output gradient
-   until the end (peak memory as in training).
+   so no batched weight gradient is computed and ``.grad`` is untouched. Every batch runs "frozen" when that drive
+   reaches every captured layer: all model parameters have ``requires_grad`` off during the pass, and a captured layer
+   whose output then needs no gradient (its input does not depend on a driver, e.g. the first layer on ``x``) has
+   that output replaced by a fresh leaf, which is the driver. The backward then computes only the input gradients
+   that training computes too (not d/dx of the first layer, nor any weight gradient), and autograd holds no
+   layer-output gradient until the end (peak memory as in training). The first batch of a call runs frozen; if a
+   captured layer then got no gradient, its sums are discarded, two 2-sample probes without rules decide (does the
+   frozen drive reach the same layers as driving through every layer output?) and the batch runs again
+   (``kernels.fisher._probe_drive``).
 3. Parameters that broadcast over the batch (leading dim 1, e.g. ViT ``cls_token`` / ``pos_embed``) are replaced for
    the forward by a batch-expanded leaf ``P (B, ...)``; ``dL/dP_i`` is then exactly sample i's gradient. The rule is
    checked once, on the first sample, against a per-sample autograd pass and dropped if it disagrees.
@@ -64,6 +66,7 @@ class FastPlan:
     drive_decided: bool = False
     probe: bool = False  # a probe pass: computes no rule, only records which layers fired
     fired: set[str] = field(default_factory=set)  # modules whose output gradient arrived in the last pass
+    captured: set[str] = field(default_factory=set)  # modules with a supported (captured) call in the last pass
     check_values: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)  # (batch sum, sample 0's square)
     rule_workers: int | None = None  # worker threads for the rules on CPU (kernels.fisher_pool); None: auto
     pool: RulePool | None = None  # those workers, kept for every batch of the call (closed by kernels.fisher)
@@ -153,6 +156,7 @@ def fast_batch(
     returns (labels used, names left to the reference). Broadcast parameters are held in ``plan.check_values``
     until the caller has checked them once."""
     plan.fired.clear()
+    plan.captured.clear()
     for _ in range(3):
         result = _attempt(plan, model, forward_fn, x, y, generator, chunk, seq, vec, acc)
         if isinstance(result, tuple):
@@ -214,6 +218,8 @@ def _attempt_inner(plan, model, forward_fn, x, y, generator, chunk, seq, vec, ac
                 out = out.detach().requires_grad_(True)
                 leaves.append(out)
                 new_out = out.clone()  # later in-place ops must not touch the leaf
+            if out.is_floating_point():
+                plan.captured.add(mname)
             rec = [inp, out, inp._version, out._version, None]
             owner.calls.append(rec)
             records.append(rec)

@@ -56,6 +56,9 @@ def chunk_size(batch: int, per_sample: int, chunk: int | None) -> int:
 
 GROUPED_MIN_POSITIONS = 256  # conv outputs with this many positions use the grouped-convolution form on CPU
 SEQ_BLOCK = 1 << 18  # CPU: elements of per-sample products formed at once (1 MiB float32, stays in L2 to be squared)
+SUM_MIN_SAMPLES = 8  # fewer per-sample products in a block: added by addcmul one by one, not squared and summed over
+# the block (sum over a leading dim of 1-4 ran 2-5x slower than the addcmul loop, e.g. 70 vs 29 us for 2 x 110592; from
+# 16 samples up the reduction wins: experiments/bench/README.md, fisher family)
 
 _SCRATCH = threading.local()
 
@@ -113,8 +116,12 @@ def seq_sqsum_torch(g: Tensor, x: Tensor, chunk: int | None, out: Tensor | None 
             n = min(c, b - s)
             p = buf[: n * per].view(n, o, k)
             torch.bmm(gt[s : s + n], x[s : s + n], out=p)
-            torch.sum(p.square_(), 0, out=total)
-            out.add_(total)
+            if n < SUM_MIN_SAMPLES:  # a reduction over a short leading dim is slow: one fused pass per sample
+                for i in range(n):
+                    out.addcmul_(p[i], p[i])
+            else:
+                torch.sum(p.square_(), 0, out=total)
+                out.add_(total)
         return out
     ob = max(1, min(o, SEQ_BLOCK // k))
     buf = scratch(ob * k, g.dtype, g.device)

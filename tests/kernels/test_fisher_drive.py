@@ -72,6 +72,79 @@ def test_outside_leaf_falls_back_to_layer_drivers() -> None:
         assert rel_err(fast.diag[n], ref.diag[n]) < 1e-5, n
 
 
+def _count_probes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    import kernels.fisher as kf
+
+    calls: list[int] = []
+    real = kf._probe_drive
+    monkeypatch.setattr(kf, "_probe_drive", lambda *a: (calls.append(1), real(*a))[1])
+    return calls
+
+
+def test_frozen_first_batch_needs_no_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every captured layer gets its gradient in the frozen first batch: no probe pass runs, the drive stays frozen
+    for the later batches and the result equals the reference."""
+    calls = _count_probes(monkeypatch)
+    torch.manual_seed(0)
+    model = MLP().double()
+    data = _data(seed=3)
+    fast = fisher_diagonal(model, data)
+    assert calls == []
+    ref = fisher_diagonal(model, data, backend="reference")
+    for n in ref.diag:
+        assert rel_err(fast.diag[n], ref.diag[n]) < 1e-10, n
+
+
+def test_probes_after_a_layer_without_gradient(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An outside tensor needing a gradient leaves the frozen first batch without layer gradients: the probes run
+    once, the batch is redone driven through the layer outputs and the result equals the reference, also with labels
+    drawn from the model (the batch is redone with the labels already drawn)."""
+    calls = _count_probes(monkeypatch)
+    torch.manual_seed(0)
+    model = MLP().double()
+    shift = torch.zeros(5, dtype=torch.float64, requires_grad=True)
+    data = _data(seed=4)
+    fwd = lambda x: model(x + shift)  # noqa: E731
+    fast = fisher_diagonal(model, data, forward_fn=fwd)
+    assert calls == [1]
+    ref = fisher_diagonal(model, data, forward_fn=fwd, backend="reference")
+    for n in ref.diag:
+        assert rel_err(fast.diag[n], ref.diag[n]) < 1e-10, n
+    gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    fast = fisher_diagonal(model, data, forward_fn=fwd, labels="sampled", generator=gen())
+    ref = fisher_diagonal(model, data, forward_fn=fwd, labels="sampled", generator=gen(), backend="reference")
+    assert calls == [1, 1]
+    for n in ref.diag:
+        assert rel_err(fast.diag[n], ref.diag[n]) < 1e-10, n
+
+
+def test_layer_the_loss_does_not_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A layer whose output the loss ignores never gets a gradient (frozen or not): the probes decide and the batch
+    is redone; the sums the frozen first batch had added are discarded (else that batch counts twice) and the unused
+    layer's Fisher is zero."""
+
+    class Unused(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.side, self.fc2 = nn.Linear(5, 6), nn.Linear(6, 2), nn.Linear(6, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.tanh(self.fc1(x))
+            self.side(h)  # computed, never used
+            return self.fc2(h)
+
+    calls = _count_probes(monkeypatch)
+    torch.manual_seed(0)
+    model = Unused().double()
+    data = _data(seed=6)
+    fast = fisher_diagonal(model, data)
+    assert calls == [1]
+    ref = fisher_diagonal(model, data, backend="reference")
+    assert float(fast.diag["side.weight"].abs().sum()) == 0.0
+    for n in ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"):
+        assert rel_err(fast.diag[n], ref.diag[n]) < 1e-10, n
+
+
 def test_in_place_on_the_first_layer_output() -> None:
     """The first layer's output becomes a leaf: the model's in-place op on it must act on a copy, not the leaf."""
 
