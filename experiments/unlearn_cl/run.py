@@ -74,6 +74,29 @@ def markdown(name: str, rows: list[dict]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def summary(rows: list[dict]) -> str:
+    """Per method: the classes whose forget-test is within 10 points of retrain's (issue 17's goal for SSD), the mean
+    retain-test drop, the mean seconds; and the classes that miss (with SSD's selected fraction)."""
+    out = "\n| method | forget-test within 10 pts of retrain | mean retain drop (pts) | mean s | misses (class: gap, "
+    out += "retain drop in pts, selected fraction) |\n|---|---|---|---|---|\n"
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        if method == "retrain":
+            ok, misses = len(mine), []
+        else:
+            misses = [r for r in mine if r["gap_forget_test"] is None or abs(r["gap_forget_test"]) > 0.10]
+            ok = len(mine) - len(misses)
+        drop = 100 * sum(r["retain_test"][0] - r["retain_test"][1] for r in mine) / len(mine)
+        secs = sum(r["seconds"] for r in mine) / len(mine)
+        miss = "; ".join(
+            f"{r['class']}: {_f(r['gap_forget_test'])}, {100 * (r['retain_test'][0] - r['retain_test'][1]):+.0f}"
+            + ("" if r["selected_fraction"] is None else f", {r['selected_fraction']:.4f}")
+            for r in misses
+        )
+        out += f"| {method} | {ok}/{len(mine)} | {drop:+.1f} | {secs:.1f} | {miss or '–'} |\n"
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True, help="a cl.run run directory")
@@ -83,21 +106,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "logs" / "studies" / "unlearn_cl"))
     ap.add_argument("--extra", nargs="*", default=[], help="more unlearn.run overrides (every method)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--table-only", action="store_true", help="print the tables of an earlier run's table.json")
     args = ap.parse_args(argv)
+    out = Path(args.out) / args.name
+    if args.table_only:
+        rows = json.loads((out / "table.json").read_text())
+        print(markdown(args.name, rows) + summary(rows))
+        return 0
     import torch
 
     torch.set_num_threads(args.threads)
     from cl.utils.atomic import write_text
 
-    out = Path(args.out) / args.name
     methods = args.methods.split(",")
     rows = []
     for c in (int(v) for v in args.classes.split(",")):
         for method in methods:
             rows.append(row(method, c, forget_one(args.checkpoint, method, c, out / "runs", args.extra)))
-            write_text(out / "table.md", markdown(args.name, rows))  # after every run: a partial table survives
+            write_text(out / "table.md", markdown(args.name, rows) + summary(rows))  # a partial table survives
             write_text(out / "table.json", json.dumps(rows, indent=1))
-    print(markdown(args.name, rows), flush=True)
+    print(markdown(args.name, rows) + summary(rows), flush=True)
     return 0
 
 
