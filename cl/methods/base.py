@@ -149,8 +149,12 @@ class ContinualMethod(L.LightningModule):
         """Parameters the optimizer updates (those with ``requires_grad``)."""
         return [p for p in self.parameters() if p.requires_grad]
 
+    def optimizer_param_groups(self) -> list[Any]:
+        """What the optimizer factory gets as ``params``: the trainable parameters, or a method's parameter groups."""
+        return self.trainable_parameters()
+
     def configure_optimizers(self) -> Any:
-        params = self.trainable_parameters()
+        params = self.optimizer_param_groups()
         if not params:
             raise ValueError(f"{type(self).__name__} has no trainable parameters")
         optimizer = self.optimizer_factory(params=params)

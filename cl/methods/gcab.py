@@ -35,6 +35,11 @@ Departures from the reference code, each a config key:
 * The gate-embedding compensation is computed in closed form (the reference loses it where ``s |e| >~ 10``).
 * Evaluation runs in the trainer's precision (the reference always evaluates under fp16 autocast); gates live on
   modules, not parameter names, so DDP's ``module.`` prefix changes nothing.
+* ``gate_lr`` (default null: the optimizer's lr, as the reference): a learning rate of its own for the gate
+  embeddings. Under Adam an embedding moves by at most ~lr per step and only while ``s |e| < thres_cosh`` (else HAT's
+  compensated gradient vanishes), so in a short budget the gates keep the signs of their N(0, 1) initialisation: each
+  experience reserves a random half of the block's units and the free units run out (measured in
+  experiments/gcab_digits/README.md, where the preset sets it). The reference trains ~2e4 steps per task.
 * Parameters are allocated for every experience of the stream when the stream is known (``setup_stream``), so the
   state dict has the same keys before and after any experience; the reference grows them per task.
 """
@@ -90,6 +95,7 @@ class GCAB(ContinualMethod):
         freeze_new_head_norm: bool = True,
         restore_reserved: bool = True,
         kernel_backend: str = "auto",
+        gate_lr: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(backbone, num_classes, optimizer, scheduler, **kwargs)
@@ -99,6 +105,8 @@ class GCAB(ContinualMethod):
             raise ValueError(f"method.kernel_backend={kernel_backend!r}; allowed: {list(KERNEL_BACKENDS)}")
         if pfr_loss not in PFR_LOSSES:
             raise ValueError(f"method.pfr_loss={pfr_loss!r}; allowed: {list(PFR_LOSSES)}")
+        if gate_lr is not None and not gate_lr > 0:
+            raise ValueError(f"method.gate_lr={gate_lr}; allowed: null (the optimizer's lr) or a float > 0")
         if not smax > 0:
             raise ValueError(f"method.smax={smax}; must be > 0")
         if not getattr(backbone, "is_vit", False):
@@ -108,6 +116,7 @@ class GCAB(ContinualMethod):
         self.thres_cosh, self.thres_emb = float(thres_cosh), float(thres_emb)
         self.freeze_new_head_norm, self.restore_reserved = bool(freeze_new_head_norm), bool(restore_reserved)
         self.projector_norm = projector_norm
+        self.gate_lr = None if gate_lr is None else float(gate_lr)
         dim = int(backbone.num_features)
         heads = num_heads or int(backbone.blocks[-1].attn.num_heads)
         del self.head  # one head per experience instead (self.heads)
@@ -189,6 +198,17 @@ class GCAB(ContinualMethod):
                 head[0].requires_grad_(False)
         for i, proj in enumerate(self.projectors):
             proj.requires_grad_(self.cfdc and i == t - 1)
+
+    def optimizer_param_groups(self) -> list[Any]:
+        """The trainable parameters; with ``gate_lr`` the gate embeddings form a group of their own at that learning
+        rate, without weight decay."""
+        params = self.trainable_parameters()
+        if self.gate_lr is None:
+            return params
+        ids = {id(p) for p in [*self.e0, *self.e2]}
+        rest = [p for p in params if id(p) not in ids]
+        gates = [p for p in params if id(p) in ids]
+        return [{"params": rest}, {"params": gates, "lr": self.gate_lr, "weight_decay": 0.0}]
 
     # ------------------------------------------------------------------------------------------------ forward
     def gates(self, s: float, n_tokens: int, binarise_old: bool) -> tuple[Tensor, Tensor]:

@@ -15,10 +15,14 @@ Run it alone (2 shared CPU cores: ``flock -x /tmp/bench.lock``) and quote the ra
 GPU figures need a CUDA machine (``--device cuda``): there the Triton backend (``kernels/gated_attention_triton.py``)
 is timed beside the torch one (``train_gated_triton``, ``infer_gated_triton``); not measured yet (no GPU so far).
 
-Measured 2026-12-03 (CPU, 1 thread, defaults B=128, N=64+1, D=192, H=3, T=10, 5 rounds; the machine was shared,
-load average 11-12, so absolute times are inflated and only the side-by-side ratios count):
-training step masked (torch) / ungated SDPA = 0.27 (reference formula: 1.32); inference over T=10 tokens with binary
-gates of density 0.50 = 0.080 x (T ungated passes). The folded single query removes the N x D x D key/value GEMMs.
+Measured 2026-12-03 (CPU, 1 thread; the exclusive lock was not free, so run on the shared machine at load average
+~3: only the side-by-side ratios count), table in experiments/bench/README.md. Defaults (B=128, N=64+1, D=192, H=3,
+T=10, random binary gates of density 0.50): training step masked / ungated SDPA 0.26, inference 0.10 x (T ungated
+passes). With the trained gates of a ``gcab_digits`` checkpoint (``--masks``, T=5, D=96, old-gate density 0.50):
+inference 0.097 (N=64) and 0.32 (the digits shape B=32, N=16), training 0.45 and 0.91. Both goals are met by the
+folded single query, which removes the (N x D x D) key/value GEMMs altogether: its cost does not depend on the gates'
+values, so the kernel does not skip inactive units (skipping them would only shrink the O(D^2) folds and the
+O(N D H) pass over the tokens by the gate density, and split the one batched pass for all T tokens into T gathers).
 """
 
 from __future__ import annotations
@@ -41,6 +45,19 @@ def _time(fn, sync) -> float:
     return time.perf_counter() - t
 
 
+def trained_gates(path: str, smax: float = 800.0) -> torch.Tensor:
+    """The channel gates ``m0`` (T, D) of every task token of a GCAB checkpoint as GCAB evaluates them: binarised
+    ``1[sigmoid(smax e) > 0.5]`` for the old tokens, ``sigmoid(smax e)`` for the newest."""
+    from cl.engine.checkpoint import load_checkpoint
+
+    sd = load_checkpoint(path)["state_dict"]
+    n = int(sd["experience_index"]) + 1
+    e0 = torch.stack([sd[f"e0.{c}"].float() for c in range(n)])
+    if n < 2:
+        raise ValueError(f"--masks {path}: needs a checkpoint after at least 2 experiences (has {n})")
+    return torch.cat(((e0[:-1] > 0).float(), torch.sigmoid(smax * e0[-1:])))
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=128)
@@ -49,6 +66,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--heads", type=int, default=3)
     ap.add_argument("--tasks", type=int, default=10, help="task tokens at inference")
     ap.add_argument("--density", type=float, default=0.5, help="share of units on in the old tokens' binary gates")
+    ap.add_argument(
+        "--masks",
+        default=None,
+        help="a method=gcab checkpoint (checkpoints/task_k.ckpt): time inference with its trained gates (all its "
+        "task tokens, binarised but the newest; --tasks and --dim are taken from it)",
+    )
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
@@ -57,6 +80,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     torch.manual_seed(0)
     dev = torch.device(args.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    trained = trained_gates(args.masks) if args.masks else None
+    if trained is not None:
+        args.tasks, args.dim = trained.shape
     b, n, d, h, t = args.batch, args.tokens, args.dim, args.heads, args.tasks
     attn = ClassAttn(d, num_heads=h).to(dev)
     w = [attn.q.weight, attn.k.weight, attn.v.weight, attn.proj.weight]
@@ -73,6 +99,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     gen = torch.Generator(device="cpu").manual_seed(1)
     masks = (torch.rand(t, d, generator=gen) < args.density).float().to(dev)
     masks[-1] = torch.sigmoid(torch.randn(d, generator=gen)).to(dev)
+    if trained is not None:
+        masks = trained.to(dev)
     xs, tokens = x.detach(), torch.randn(b, t, d, device=dev)
 
     @torch.no_grad()
@@ -112,7 +140,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         out["ratio_train_gated_triton_over_ungated"] = med["train_gated_triton"] / med["train_ungated_sdpa"]
         out["ratio_infer_gated_triton_over_T_ungated"] = med["infer_gated_triton"] / med["infer_ungated_T_passes"]
     out["old_mask_density"] = float(masks[:-1].mean())
-    print(f"B={b} N={n}+1 D={d} H={h} T={t} device={dev} threads={args.threads} rounds={args.rounds}")
+    src = f"trained gates of {args.masks}" if args.masks else f"random binary gates of density {args.density}"
+    print(f"B={b} N={n}+1 D={d} H={h} T={t} device={dev} threads={args.threads} rounds={args.rounds}; {src}")
     for k, v in out.items():
         print(f"{k:45s} {v:10.3f}")
     return out

@@ -4,9 +4,9 @@ the drift loss), measured side by side in alternating rounds (median over rounds
 
     uptime; flock -x /tmp/bench.lock python -m experiments.bench.gcab_step; uptime
 
-Measured 2026-12-03 (CPU, 1 thread, --rounds 3 --steps 5, shared machine at load average ~9): finetune 203.6 ms,
-gcab 317.6 ms per step, ratio 1.56 (the extra: the teacher trunk's forward, the projector, 3 task tokens through the
-class-attention block).
+Measured 2026-12-03 (CPU, 1 thread, --rounds 5 --steps 10, shared machine at load average ~3, no lock): finetune
+70.7 ms, gcab 99.2 ms per step, ratio 1.40 (earlier, at load ~9 with 3 rounds of 5 steps: 1.56). The extra: the
+teacher trunk's forward, the projector, 3 task tokens through the class-attention block.
 """
 
 from __future__ import annotations

@@ -264,3 +264,20 @@ def test_gcab_on_the_reference_convit_trunk_trains_a_step():
     m.compute_loss(x, y, None).backward()
     opt.step()
     assert not torch.equal(before, m.backbone.model.blocks[0].attn.qk.weight)
+
+
+def test_gate_lr_puts_the_gate_embeddings_in_their_own_group():
+    s = tiny_stream()
+    m = tiny_gcab(s, gate_lr=0.5)
+    m.on_experience_start(s.experiences[1])
+    opt = m.configure_optimizers()
+    rest, gates = opt.param_groups
+    assert {id(p) for p in gates["params"]} == {id(m.e0[1]), id(m.e2[1])}
+    assert gates["lr"] == 0.5 and gates["weight_decay"] == 0.0
+    assert rest["lr"] == 0.01 and rest["weight_decay"] == 0.1
+    assert id(m.task_tokens[1]) in {id(p) for p in rest["params"]}
+    default = tiny_gcab(s)
+    default.on_experience_start(s.experiences[0])
+    assert len(default.configure_optimizers().param_groups) == 1
+    with pytest.raises(ValueError, match="method.gate_lr"):
+        tiny_gcab(gate_lr=0.0)
