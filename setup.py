@@ -47,7 +47,10 @@ setup(
         "pyyaml>=6",
         "pillow>=9",
         "h5py>=3.8",
+        # builds kernels/csrc (RegLoRA's fused CPU penalty, kernels/key_penalty.py) on first use
+        "ninja>=1.11",
     ],
+    package_data={"kernels": ["csrc/*.cpp"]},
     extras_require={
         "dev": ["pytest>=8", "pytest-timeout>=2.2", "ruff>=0.5"],
         # logger=wandb / logger=mlflow (cl/loggers.py); CI installs them (Makefile: .[dev,trackers])

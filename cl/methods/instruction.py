@@ -58,6 +58,7 @@ class InstructionTuning(ContinualMethod):
         reg_weight: float = 2.5e3,
         divisor: float | None = None,
         deduplicate: bool = False,
+        penalty_backend: str = "auto",
         train_projector: bool = True,
         projector_lr: float | None = None,
         max_new_tokens: int = 32,
@@ -84,8 +85,9 @@ class InstructionTuning(ContinualMethod):
         if gradient_checkpointing:
             backbone.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.reglora = RegLoRAAdapters(
-            backbone.lm, target_modules, rank, alpha, dropout, top_percent, reg_weight, divisor, deduplicate
-        )
+            backbone.lm, target_modules, rank, alpha, dropout, top_percent, reg_weight, divisor, deduplicate,
+            penalty_backend=penalty_backend,
+        )  # fmt: skip
         self.register_buffer("outcome_counts", torch.zeros(num_classes, num_classes, len(OUTCOMES)))
         self.tokenizer: Any = None
 

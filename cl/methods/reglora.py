@@ -56,6 +56,7 @@ class RegLoRA(ContinualMethod):
         reg_weight: float = 2.5e3,
         divisor: float | None = None,
         deduplicate: bool = False,
+        penalty_backend: str = "auto",
         mask_past_in_training: bool = False,
         scheduler_interval: str = "epoch",
         name: str = "",
@@ -68,8 +69,9 @@ class RegLoRA(ContinualMethod):
         backbone.requires_grad_(False)  # frozen trunk; the LoRA and the head train
         adapted = getattr(backbone, "model", backbone)  # the timm model inside cl.backbones.Backbone
         self.reglora = RegLoRAAdapters(
-            adapted, target_modules, rank, alpha, dropout, top_percent, reg_weight, divisor, deduplicate
-        )  # key-position storage sized for the stream in setup_stream
+            adapted, target_modules, rank, alpha, dropout, top_percent, reg_weight, divisor, deduplicate,
+            penalty_backend=penalty_backend,
+        )  # fmt: skip  # key-position storage sized for the stream in setup_stream
 
     @property
     def targets(self) -> dict[str, tuple[int, int]]:

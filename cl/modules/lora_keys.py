@@ -13,12 +13,12 @@ reference's ``torch.cat((new, legacy))``), duplicates kept, so a position import
 in the mean; ``deduplicate=True`` gives every position weight one.
 
 Penalty while training experience t+1, per adapted matrix: ``mean_{(i,j) in S_{<=t}} |(B A)_{ij}|`` (B A of the new
-adapter, no alpha/r scale, as the reference). It is computed at the key positions only (:class:`GatheredAbsMean`):
-``(B A)_{ij} = B[i, :] . A[:, j]`` for the unique positions, a sampled dense-dense product over a CSR pattern
-(``torch.sparse.sampled_addmm``), and the gradient ``dB = G A^T``, ``dA = B^T G`` with the sparse ``G`` of
-``weight * sign`` at those positions; the reference forms the full ``B @ A`` of every matrix at every step. Summing
-the duplicates' weights at the unique positions gives the same value and gradient as the mean over the list with
-duplicates.
+adapter, no alpha/r scale, as the reference). It is computed at the key positions only
+(``kernels.key_penalty.gathered_abs_mean``): ``(B A)_{ij} = B[i, :] . A[:, j]`` for the unique positions, with the
+gradient ``dB = G A^T``, ``dA = B^T G`` of the sparse ``G`` of ``weight * sign`` at those positions, either as sparse
+CSR products (``backend="torch"``, any device) or in one fused C++ pass over the positions (``"cpp"``, CPU; ``"auto"``
+picks it on CPU); the reference forms the full ``B @ A`` of every matrix at every step. Summing the duplicates'
+weights at the unique positions gives the same value and gradient as the mean over the list with duplicates.
 
 Storage (:class:`KeyPositions`): every matrix's positions as flat indices ``i * d_in + j`` in int32 (int64 only for a
 matrix of more than 2**31 - 1 entries), a quarter of the reference's int64 ``(row, col)`` pairs; one buffer
@@ -28,16 +28,15 @@ fixed by the stream length and the model, and checkpoints load strictly) plus ``
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from kernels.key_penalty import gathered_abs_mean
+
 INT32_MAX = 2**31 - 1
-# torch warns once per process that sparse CSR support is "in beta"; the two CSR products used here are stable
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
 
 def top_count(fraction: float, shape: tuple[int, int]) -> int:
@@ -91,38 +90,10 @@ class Pattern:
     def weight(self, dtype: torch.dtype) -> torch.Tensor:
         return self.count.to(dtype) / self.total
 
-    def csr(self, values: torch.Tensor) -> torch.Tensor:
-        return torch.sparse_csr_tensor(self.crow, self.col, values, self.shape, check_invariants=False)
-
-    def csr_t(self, values: torch.Tensor) -> torch.Tensor:
-        shape_t = (self.shape[1], self.shape[0])
-        return torch.sparse_csr_tensor(self.crow_t, self.row_t, values[self.perm], shape_t, check_invariants=False)
-
-
-class GatheredAbsMean(torch.autograd.Function):
-    """``sum_u w_u |(B A)_u|`` over a :class:`Pattern`'s positions (= the mean of ``|B A|`` over the key list)."""
-
-    @staticmethod
-    def forward(ctx, A: torch.Tensor, B: torch.Tensor, pattern: Pattern) -> torch.Tensor:  # noqa: N803
-        ctx.dtypes = (A.dtype, B.dtype)
-        dtype = torch.float64 if A.dtype == torch.float64 else torch.float32  # bf16 adapters: computed in float32
-        A, B = A.to(dtype), B.to(dtype)  # noqa: N806
-        ones = torch.ones(pattern.col.numel(), dtype=dtype, device=A.device)
-        with torch.autocast(A.device.type, enabled=False):  # in float32 under bf16-mixed training too
-            values = torch.sparse.sampled_addmm(pattern.csr(ones), B, A, beta=0.0).values()
-        weight = pattern.weight(dtype)
-        ctx.save_for_backward(A, B, torch.sign(values) * weight)
-        ctx.pattern = pattern
-        return (weight * values.abs()).sum()
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # noqa: N803
-        A, B, signed = ctx.saved_tensors  # noqa: N806
-        g = signed * grad
-        # CSR @ dense is ~10x faster with a contiguous dense operand
-        grad_b = (ctx.pattern.csr(g) @ A.T.contiguous()).to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
-        grad_a = (ctx.pattern.csr_t(g) @ B).T.contiguous().to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
-        return grad_a, grad_b, None
+    def arguments(self, dtype: torch.dtype) -> tuple:
+        """``(crow, col, weight, transpose)`` for ``kernels.key_penalty.gathered_abs_mean``."""
+        dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        return self.crow, self.col, self.weight(dtype), (self.crow_t, self.row_t, self.perm)
 
 
 class KeyPositions(nn.Module):
@@ -181,11 +152,19 @@ class KeyPositions(nn.Module):
         return self._patterns
 
     def penalty(
-        self, factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]], deduplicate: bool = False
+        self,
+        factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+        deduplicate: bool = False,
+        backend: str = "auto",
     ) -> torch.Tensor:
-        """``sum_m mean_{S_{<=t}(m)} |(B_m A_m)_ij|`` (the caller divides by the number of matrices)."""
+        """``sum_m mean_{S_{<=t}(m)} |(B_m A_m)_ij|`` (the caller divides by the number of matrices); ``backend``:
+        ``kernels.key_penalty.BACKENDS``."""
         patterns = self.patterns(deduplicate)
-        terms = [GatheredAbsMean.apply(A, B, patterns[n]) for n, (A, B) in factors.items() if patterns[n].col.numel()]
+        terms = [
+            gathered_abs_mean(A, B, *patterns[n].arguments(A.dtype), backend=backend)
+            for n, (A, B) in factors.items()
+            if patterns[n].col.numel()
+        ]
         if not terms:
             return torch.zeros((), device=self.positions.device)
         return torch.stack(terms).sum()

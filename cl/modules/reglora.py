@@ -6,6 +6,7 @@ github jinpeng0528/SEFE @2f61efe.
 A method calls :meth:`RegLoRAAdapters.start` before fitting an experience, adds :meth:`RegLoRAAdapters.loss_term` to its
 task loss, and calls :meth:`RegLoRAAdapters.end` after fitting (identify the key positions, then merge). The term is
 ``reg_weight * (1 / divisor) * sum_m mean_{S_{<=t}(m)} |(B A)_ij|``; ``divisor=None`` is the number of adapted matrices.
+``penalty_backend`` chooses how the gathered term is computed (``kernels.key_penalty``: auto, torch, cpp).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import nn
 
 from cl.modules.lora import ExperienceLoRA, linear_targets
 from cl.modules.lora_keys import KeyPositions
+from kernels.key_penalty import BACKENDS as KEY_PENALTY_BACKENDS
 
 
 class RegLoRAAdapters(nn.Module):
@@ -34,6 +36,7 @@ class RegLoRAAdapters(nn.Module):
         divisor: float | None = None,
         deduplicate: bool = False,
         slots: int = 0,
+        penalty_backend: str = "auto",
     ) -> None:
         super().__init__()
         if not float(reg_weight) >= 0.0:
@@ -46,6 +49,10 @@ class RegLoRAAdapters(nn.Module):
         self.reg_weight = float(reg_weight)
         self.divisor = float(divisor) if divisor is not None else float(len(self.targets))
         self.deduplicate = bool(deduplicate)
+        if penalty_backend not in KEY_PENALTY_BACKENDS:
+            allowed = ", ".join(KEY_PENALTY_BACKENDS)
+            raise ValueError(f"method.penalty_backend={penalty_backend!r}; allowed: {allowed}")
+        self.penalty_backend = str(penalty_backend)
         self.keys = KeyPositions(self.targets, slots, self.top_fraction)
 
     def resize(self, slots: int) -> None:
@@ -62,7 +69,7 @@ class RegLoRAAdapters(nn.Module):
 
     def regularizer(self) -> torch.Tensor:
         """``(1 / divisor) * sum_m mean_{S_{<=t}(m)} |(B A)_ij|`` of the current LoRA (0 before any key position)."""
-        return self.keys.penalty(self.lora.factors(), self.deduplicate) / self.divisor
+        return self.keys.penalty(self.lora.factors(), self.deduplicate, self.penalty_backend) / self.divisor
 
     def loss_term(self) -> torch.Tensor | None:
         """``reg_weight * regularizer()``, or None when it is off (``reg_weight=0``) or no positions exist yet."""

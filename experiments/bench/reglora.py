@@ -4,7 +4,8 @@
 
 One step = forward and backward of a peft LoRA ``Linear`` (frozen base, float32) on ``tokens`` input rows that need
 their gradient (as inside a network), + the penalty's forward and backward. Timed side by side in one process,
-interleaved over ``--repeats`` rounds (medians): the step without penalty, the gathered penalty, the full-form penalty.
+interleaved over ``--repeats`` rounds (medians): the step without penalty, the gathered penalty by its two backends
+(``kernels/key_penalty.py``: the fused C++ pass and the sparse CSR products), the full-form penalty.
 Key positions: random ``B``, ``A`` ranked as after a trained experience, after 1 experience (2 %) and after 7 (the
 reference's eighth task: 7 cumulative lists with duplicates). Memory: the stored positions (int32 flat indices, the
 state dict) vs the reference's int64 ``(row, col)`` pairs, the gathered form's per-experience CSR pattern, and the full
@@ -16,31 +17,31 @@ GPU, which makes the step 16x longer and the fractions 16x smaller).
 
     python experiments/bench/reglora.py [--repeats 3] [--threads 2] [--shapes vit_b llama7b] [--experiences 1 7]
 
-Measured 2026-12-03 (``--repeats 2 --threads 1``, CPU, float32, 2 shared cores at load ~30: the exclusive benchmark
-lock was not granted within 25 minutes, so this ran beside other jobs; every number of a row is from one process,
-interleaved, medians of 2 rounds). Fractions are penalty / (step + penalty):
+Measured 2026-12-03 21:37 (``--repeats 3 --threads 1``, CPU, float32, under the exclusive benchmark lock, load 3-7
+from other engineers' jobs; every number of a row from one process, interleaved with a rotating order, medians of 3).
+Fractions are penalty / (step + penalty), wall time (CPU time for the fused kernel after the semicolon):
 
-| shape | experiences | positions (unique) | step s | gathered s (% of step) | full B@A s (% of step) | full/gathered |
+| shape | exps | positions (unique) | step s | fused C++ s (%; CPU %) | sparse CSR s (%) | full B@A s (%) |
 |---|---|---|---|---|---|---|
-| ViT-B fc1 3072x768 r8, 3152 tokens | 1 | 47,185 | 2.60 | 0.010 (0.38 %) | 0.060 (2.27 %) | 6.1x |
-| ViT-B fc1 3072x768 r8, 3152 tokens | 7 | 330,295 (311,208) | 2.48 | 0.025 (1.00 %) | 0.157 (5.94 %) | 6.3x |
-| LLaMA-7B gate 11008x4096 r128, 2048 tokens | 1 | 901,775 | 25.8 | 0.43 (1.65 %) | 4.34 (14.4 %) | 10.1x |
-| LLaMA-7B gate 11008x4096 r128, 2048 tokens | 7 | 6,312,425 (5,946,546) | 20.6 | 2.85 (12.2 %) | 7.53 (26.8 %) | 2.6x |
+| ViT-B fc1 r8, 3152 tok | 1 | 47,185 | 0.927 | 0.0016 (0.17; 0.27) | 0.0037 (0.40) | 0.0146 (1.55) |
+| ViT-B fc1 r8, 3152 tok | 7 | 330,295 (311,208) | 0.951 | 0.0048 (0.51; 0.79) | 0.0105 (1.09) | 0.0596 (5.90) |
+| 7B gate r128, 2048 tok | 1 | 901,775 | 7.37 | 0.076 (1.02; 0.92) | 0.079 (1.07) | 1.17 (13.7) |
+| 7B gate r128, 2048 tok | 7 | 6,312,425 (5,946,546) | 7.72 | 0.340 (4.22; 4.44) | 0.759 (8.95) | 2.62 (25.4) |
 
 The <= 3 % goal holds on the ViT-B shape and on the 7B shape after one experience; after seven experiences (14 % of
-the 7B matrix listed) the gathered penalty is 12 % of a 2048-token step (the reference's 16 sequences per GPU make the
-step ~16x longer: ~0.8 %). Gradients of both forms agree to 2e-6 (relative). Memory: the stored positions (int32 flat
-indices) are 1/4 of the reference's int64 pairs on every row (3.6 MB vs 14.4 MB after one 7B experience); the
-per-experience CSR working pattern (~20 bytes per unique position, 18 MB / 119 MB on the 7B rows) is built once per
-experience (0.5 s / 7.5 s) and replaces the full form's transient 11008x4096 float32 matrices (2 x 180 MB per matrix).
+the 7B matrix listed) the fused pass costs 4.2 % of a 2048-token step (the sparse CSR products 9.0 %, the reference's
+full form 25 %): missed by 1.2 points on CPU. The reference trains 16 sequences per GPU, which makes the step ~16x
+longer (~0.3 %). Gradients of every form agree to 2e-6 (relative). Memory: the stored positions (int32 flat indices)
+are 1/4 of the reference's int64 pairs on every row; the per-experience CSR working pattern (~20 bytes per unique
+position) is built once per experience and replaces the full form's transient 11008x4096 float32 matrices (2 x 180 MB
+per matrix).
 
-Where the 7B / 7-experience penalty goes, and what was tried (2026-12-03, 1 thread, load ~12, 5.9 M unique
-positions = 13.5 % of the matrix, medians of 3): ``sampled_addmm`` (forward) 0.33 s, ``csr @ A^T`` (dB) 0.50 s,
-``csr_t @ B`` (dA) 0.82-0.91 s, the permutation of the values to column-major order 0.21-0.24 s. Alternatives for the
-same result were no faster: a dense form (``B @ A``, a dense weight matrix, two GEMMs in backward) 2.74 s vs 1.74 s
-for the CSR form; dA as ``csr.t() @ B`` 2.6 s, as a CSC tensor of ``G^T`` 2.1 s, as COO ``sparse.mm`` 0.85 s (the
-same). At this density the remaining lever is a fused kernel (one pass over the positions computing both gradients),
-not written: the goal is missed there on CPU.
+Where the fused pass goes (7B, 7 experiences, 1 thread, CPU time): the values alone 0.07-0.085 s, with both gradients
+0.185 s. Tiling the columns so that A^T and dA^T of a tile stay in L2 took the pass from 0.25 to 0.185 s (the 2 MB
+A^T and dA^T of the layer went to L3 untiled); computing four positions' dot products at a time and unrolling the
+common ranks at compile time gave ~10 %. Before the kernel, the sparse products spent ``sampled_addmm`` 0.33 s,
+``csr @ A^T`` 0.50 s, ``csr_t @ B`` 0.82-0.91 s and the column-major permutation 0.21-0.24 s (load ~12); a dense form
+(``B @ A`` and two GEMMs in backward) was slower still (2.74 s).
 """
 
 from __future__ import annotations
@@ -96,29 +97,38 @@ def bench_shape(name: str, experiences: int, repeats: int) -> dict[str, float]:
     def step() -> None:
         layer(x).backward(grad_out)
 
-    def gathered() -> None:
-        keys.penalty({"proj": (A, B)}).backward()
+    def gathered_cpp() -> None:
+        keys.penalty({"proj": (A, B)}, backend="cpp").backward()
+
+    def gathered_torch() -> None:
+        keys.penalty({"proj": (A, B)}, backend="torch").backward()
 
     def full() -> None:
         full_penalty(A, B, pairs).backward()
 
-    # same value and gradient before timing
-    A.grad = B.grad = None
-    gathered()
-    g_ours = (A.grad.clone(), B.grad.clone())
-    A.grad = B.grad = None
-    full()
-    err = max((a - b).abs().max().item() / b.abs().max().item() for a, b in zip(g_ours, (A.grad, B.grad), strict=True))
-    times: dict[str, list[float]] = {"step": [], "gathered": [], "full": []}
-    fns = {"step": step, "gathered": gathered, "full": full}
-    for r in range(repeats + 1):  # round 0 warms up
-        order = list(fns)[r % 3 :] + list(fns)[: r % 3]
+    fns = {"step": step, "cpp": gathered_cpp, "torch": gathered_torch, "full": full}
+    grads = {}
+    for k in ("cpp", "torch", "full"):  # same value and gradient before timing
+        A.grad = B.grad = None
+        fns[k]()
+        grads[k] = (A.grad.clone(), B.grad.clone())
+    err = {
+        k: max((a - b).abs().max().item() / b.abs().max().item() for a, b in zip(grads[k], grads["full"], strict=True))
+        for k in ("cpp", "torch")
+    }
+    wall: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
+    for r in range(repeats + 1):  # round 0 warms up; the order rotates every round
+        order = list(fns)[r % 4 :] + list(fns)[: r % 4]
         for k in order:
             A.grad = B.grad = x.grad = None
+            c0 = time.process_time()
             t = _timed(fns[k])
             if r:
-                times[k].append(t)
-    med = {k: statistics.median(v) for k, v in times.items()}
+                wall[k].append(t)
+                cpu[k].append(time.process_time() - c0)
+    med = {k: statistics.median(v) for k, v in wall.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     unique = keys.patterns(False)["proj"].col.numel()
     pattern_bytes = sum(
         t.numel() * t.element_size()
@@ -130,13 +140,16 @@ def bench_shape(name: str, experiences: int, repeats: int) -> dict[str, float]:
         "positions": int(pairs.shape[0]),
         "unique_positions": unique,
         "step_s": med["step"],
-        "gathered_s": med["gathered"],
+        "cpp_s": med["cpp"],
+        "torch_s": med["torch"],
         "full_s": med["full"],
-        "gathered_fraction_of_step": med["gathered"] / (med["step"] + med["gathered"]),
-        "full_fraction_of_step": med["full"] / (med["step"] + med["full"]),
-        "full_over_gathered": med["full"] / med["gathered"],
+        **{f"{k}_fraction_of_step": med[k] / (med["step"] + med[k]) for k in ("cpp", "torch", "full")},
+        **{f"{k}_cpu_fraction_of_step": med_cpu[k] / (med_cpu["step"] + med_cpu[k]) for k in ("cpp", "torch", "full")},
+        "full_over_cpp": med["full"] / med["cpp"],
+        "torch_over_cpp": med["torch"] / med["cpp"],
         "pattern_build_s": pattern_seconds,
-        "grad_rel_diff": err,
+        "grad_rel_diff_cpp": err["cpp"],
+        "grad_rel_diff_torch": err["torch"],
         "positions_bytes_int32": int(pairs.shape[0]) * 4,
         "positions_bytes_int64_pairs": int(pairs.shape[0]) * 16,
         "pattern_bytes": pattern_bytes,
@@ -159,15 +172,17 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
     print()
     print(
-        "| shape | exps | positions (unique) | step s | gathered s (% of step) | full B@A s (% of step) "
-        "| full/gathered | int32 / int64-pair bytes |"
+        "| shape | exps | positions (unique) | step s | fused C++ s (% of step; CPU-time %) "
+        "| sparse CSR s (% of step) | full B@A s (% of step) | int32 / int64-pair bytes |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['shape']} | {r['experiences']} | {r['positions']:,} ({r['unique_positions']:,}) | {r['step_s']:.3f} "
-            f"| {r['gathered_s']:.4f} ({100 * r['gathered_fraction_of_step']:.2f} %) "
-            f"| {r['full_s']:.4f} ({100 * r['full_fraction_of_step']:.2f} %) | {r['full_over_gathered']:.1f}x "
+            f"| {r['cpp_s']:.4f} ({100 * r['cpp_fraction_of_step']:.2f} %; "
+            f"{100 * r['cpp_cpu_fraction_of_step']:.2f} %) "
+            f"| {r['torch_s']:.4f} ({100 * r['torch_fraction_of_step']:.2f} %) "
+            f"| {r['full_s']:.4f} ({100 * r['full_fraction_of_step']:.2f} %) "
             f"| {r['positions_bytes_int32'] / r['positions_bytes_int64_pairs']:.2f} |"
         )
 
