@@ -10,7 +10,7 @@ import statistics
 import sys
 from pathlib import Path
 
-METHODS = ("finetune", "lwf", "ewc", "gcab", "gcab_nocfdc", "gcab_gatelr", "gcab_nocfdc_gatelr")
+METHODS = ("finetune", "lwf", "ewc", "gcab", "gcab_nocfdc", "gcab_gatelr", "gcab_nocfdc_gatelr", "gcab_cosine")
 COLUMNS = (("avg_acc", "A_T"), ("avg_inc_acc", "A_inc"), ("forgetting", "forgetting"),
            ("avg_acc_task_aware", "task-aware A_T"))  # fmt: skip
 
