@@ -14,22 +14,25 @@ step's time, warm-up included). A run predicted to exceed
 bytes, one per layer kept for backward plus a map and its gradient in backward), unchunked GDAT by its bytes per
 instance measured at N = 1e4. Results below.
 
-Results (CPU, 1 thread, chunk 4096; peak = the step's own memory). Session 6 (2026-12-03), run WITHOUT the exclusive
-bench lock (held by long shared-lock runs of others past the landing deadline), load average 17 before, 9-17 during, so
-the seconds are ~20x a quiet machine's and only the peaks are comparable:
+Results (CPU, 1 thread, chunk 4096; peak = the step's own memory). Rows 1e3-1e4: 2026-12-03 21:57 UTC under the
+exclusive bench lock on a quiet machine (load 0.8 before, 1.0 after), one process per cell:
 
-    python -m experiments.bench.mil_scaling --sizes 1000 3000 6000 10000 --threads 1 --repeats 1   (stopped after 3000)
+    flock -x /tmp/bench.lock python -m experiments.bench.mil_scaling --sizes 1000 3000 10000 --threads 1 --repeats 1
+
+Row 1e5: session 6, WITHOUT the lock at load 9-17 (only its peak is comparable):
+
     python -m experiments.bench.mil_scaling --sizes 100000 --threads 1 --repeats 0
 
 | N | gdat | gdat_ckpt | gdat_chunk | full |
 |---|---|---|---|---|
-| 1e3 | 10.1 s, 0.18 GiB | 14.0 s, 0.31 GiB | 18.2 s, 0.32 GiB | 10.7 s, 0.30 GiB |
-| 3e3 | 25.0 s, 0.48 GiB | 30.8 s, 0.54 GiB | 35.4 s, 0.52 GiB | 45.0 s, 1.55 GiB |
-| 1e4 | 7.8 s, 1.43 GiB (a) | 12.5 s, 1.18 GiB (a) | 0.73 GiB (b) | not run: predicted 12 GiB |
+| 1e3 | 0.72 s, 0.16 GiB | 1.00 s, 0.30 GiB | 1.21 s, 0.31 GiB | 0.94 s, 0.28 GiB |
+| 3e3 | 2.63 s, 0.47 GiB | 3.52 s, 0.54 GiB | 3.86 s, 0.61 GiB | 4.70 s, 1.51 GiB |
+| 1e4 | 8.64 s, 1.52 GiB | 10.7 s, 1.28 GiB | 13.0 s, **0.72 GiB** | not run: predicted 12 GiB |
 | 1e5 | not run: predicted 14 GiB | not run: predicted 12 GiB | 1010 s (c), **3.42 GiB** | not run: predicted 1192 GiB |
 
-(a) session 5, 2 threads, load ~6, ``--sizes 1000 10000``. (b) ``--child gdat_chunk 10000 --repeats 1 --chunk 4096``
-alone during development (55 s under load ~12; 1.35 GiB with one chunk of 16384, i.e. the whole bag). (c) one step,
+GDAT's time grows linearly (2.6 s -> 8.6 s from 3e3 to 1e4, 3.3x for 3.3x the instances); full attention's grows
+faster (0.94 -> 4.70 s from 1e3 to 3e3, 5x for 3x) and its peak quadratically (0.28 -> 1.51 GiB).
+(c) one step,
 about 2.5 min of CPU time over 17 min wall at load 9-17 (uptime 18:37 -> 18:54 UTC).
 
 Unchunked GDAT's memory grows linearly (0.15 GiB per 1e3 instances: ~14 GiB at 1e5); its saved activations at 1e4 are
