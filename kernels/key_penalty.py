@@ -9,14 +9,17 @@ CSR pattern (rows ``i``, columns ``col``) of the ``d_out x d_in`` matrix ``B A``
 * ``"cpp"``: a C++ kernel (``kernels/csrc/gathered_abs_mean.cpp``, compiled on first use with
   ``torch.utils.cpp_extension``; needs a C++ compiler and ninja) that computes the value and both gradients in one pass
   over the positions: for every row ``i`` and every key column ``j`` of it, ``v = B_i . A^T_j``, then
-  ``dB_i += w sign(v) A^T_j`` and ``dA^T_j += w sign(v) B_i``. The sparse products read the pattern three times and
-  permute the values to column-major order once per step; this pass reads it once. CPU only. Measured in
-  ``experiments/bench/reglora.py``.
+  ``dB_i += w sign(v) A^T_j`` and ``dA^T_j += w sign(v) B_i``. The positions are visited in column tiles
+  (:func:`tile_layout`: tile-major order, built once per pattern) so that a tile's ``A^T`` and ``dA^T`` stay
+  in the L2 cache; with AVX-512 a float32 adapter of rank 16, 32, 64 or 128 keeps ``B_i`` and ``dB_i`` in registers.
+  The sparse products read the pattern three times and permute the values to column-major order once per step; this
+  pass reads it once. CPU only. Measured in ``experiments/bench/reglora.py``.
 
 ``backend="auto"`` takes ``"cpp"`` for CPU tensors when the kernel builds (once per process; a failed build warns once
 and falls back to ``"torch"``), else ``"torch"``. Autograd: the fused pass runs in forward when a gradient is needed and
 keeps ``dB``, ``dA^T`` (``r x (d_out + d_in)`` values, fewer than the torch backend's saved signs at 2 % density and
-r <= 128); backward scales them by the incoming gradient.
+r <= 128); backward scales them by the incoming gradient. Without a gradient to compute (``torch.no_grad``, or
+neither factor requiring one) it computes the values alone.
 """
 
 from __future__ import annotations
@@ -121,16 +124,34 @@ class TorchGatheredAbsMean(torch.autograd.Function):
         return grad_a, grad_b, None, None, None, None, None, None
 
 
+def tile_columns(rank: int, dtype: torch.dtype) -> int:
+    """Columns per tile of the C++ pass: ``A^T`` and ``dA^T`` of a tile in 512 KiB (half a core's L2 on the machine
+    measured; 512 columns at rank 128 in float32, the fastest of 128-4096 there)."""
+    size = torch.finfo(_compute_dtype(torch.empty(0, dtype=dtype))).bits // 8
+    return max(64, (512 << 10) // (2 * max(1, int(rank)) * size))
+
+
+def tile_layout(
+    crow: torch.Tensor, col: torch.Tensor, weight: torch.Tensor, d_in: int, tile: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A row-major CSR pattern in the C++ pass's tile-major order: ``(ptr, col, weight)`` with ``ptr`` of
+    ``tiles * d_out + 1`` entries (``ptr[t * d_out + i]`` starts row ``i``'s positions in column tile ``t``)."""
+    if not cpp_available():
+        raise RuntimeError("kernels.key_penalty.tile_layout needs the C++ kernel, which did not build")
+    ptr, order = torch.ops.cl_kernels.tile_order(crow.cpu(), col.cpu(), int(d_in), int(tile))
+    return ptr, col.cpu()[order], weight.cpu()[order]
+
+
 class CppGatheredAbsMean(torch.autograd.Function):
-    """The fused C++ backend (CPU): value and both gradients in one pass, in forward."""
+    """The fused C++ backend (CPU): value and both gradients in one pass, in forward. ``ptr`` is a CSR row pointer
+    (one tile) or :func:`tile_layout`'s."""
 
     @staticmethod
-    def forward(ctx, A, B, crow, col, weight):  # noqa: N803
+    def forward(ctx, A, B, ptr, col, weight):  # noqa: N803
         ctx.dtypes = (A.dtype, B.dtype)
         dtype = _compute_dtype(A)
-        need = bool(ctx.needs_input_grad[0] or ctx.needs_input_grad[1])
         value, grad_b, grad_at = torch.ops.cl_kernels.gathered_abs_mean(
-            A.detach().to(dtype).T.contiguous(), B.detach().to(dtype), crow, col, weight.to(dtype), need
+            A.detach().to(dtype).T.contiguous(), B.detach().to(dtype), ptr, col, weight.to(dtype), True
         )
         ctx.save_for_backward(grad_b, grad_at)
         return value
@@ -138,7 +159,7 @@ class CppGatheredAbsMean(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         grad_b, grad_at = ctx.saved_tensors
-        grad_a = (grad_at * grad).T.contiguous().to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
+        grad_a = (grad_at.T * grad).contiguous().to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
         grad_b = (grad_b * grad).to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
         return grad_a, grad_b, None, None, None
 
@@ -155,10 +176,16 @@ def gathered_abs_mean(
     """``sum_u weight_u |(B A)_{i_u j_u}|`` over a CSR pattern (int32 ``crow``, ``col``) of ``B A``.
 
     ``transpose`` = ``(crow_t, row_t, perm)``, the pattern in column-major order, is needed by the torch backend's
-    ``dA`` (built once per pattern by the caller); the C++ backend ignores it."""
+    ``dA`` (built once per pattern by the caller). The C++ backend also takes :func:`tile_layout`'s ``(ptr, col,
+    weight)`` in place of ``(crow, col, weight)`` (built once per pattern by the caller; a CSR pattern is one tile:
+    the same result, slower on large matrices)."""
     chosen = resolve_backend(backend, A.device)
     if chosen == "cpp":
-        return CppGatheredAbsMean.apply(A, B, crow, col, weight)
+        if torch.is_grad_enabled() and (A.requires_grad or B.requires_grad):
+            return CppGatheredAbsMean.apply(A, B, crow, col, weight)
+        dtype = _compute_dtype(A)  # no gradient wanted: the values alone (a third of the pass)
+        at = A.detach().to(dtype).T.contiguous()
+        return torch.ops.cl_kernels.gathered_abs_mean(at, B.detach().to(dtype), crow, col, weight.to(dtype), False)[0]
     if transpose is None:
         raise ValueError("gathered_abs_mean(backend='torch') needs transpose=(crow_t, row_t, perm)")
     return TorchGatheredAbsMean.apply(A, B, crow, col, weight, *transpose)

@@ -29,12 +29,12 @@ fixed by the stream length and the model, and checkpoints load strictly) plus ``
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from kernels.key_penalty import gathered_abs_mean
+from kernels.key_penalty import gathered_abs_mean, resolve_backend, tile_columns, tile_layout
 
 INT32_MAX = 2**31 - 1
 
@@ -61,18 +61,17 @@ def top_positions(delta: torch.Tensor, k: int) -> torch.Tensor:
 
 @dataclass
 class Pattern:
-    """The unique key positions of one matrix as CSR patterns of ``(d_out, d_in)`` and of its transpose, with the
-    weight of each position in the penalty: ``count / total`` (its multiplicity in the list over the list length, or
-    1 / #unique when de-duplicated)."""
+    """The unique key positions of one matrix as a CSR pattern of ``(d_out, d_in)``, with the weight of each position
+    in the penalty: ``count / total`` (its multiplicity in the list over the list length, or 1 / #unique when
+    de-duplicated). Each backend's layout is built on first use and kept (the positions change once per experience):
+    the column-major transpose for ``backend="torch"``, the column-tiled order for ``"cpp"``."""
 
     shape: tuple[int, int]
     crow: torch.Tensor  # (d_out + 1,) int32
     col: torch.Tensor  # (U,) int32, row-major order
     count: torch.Tensor  # (U,) int32
     total: int
-    crow_t: torch.Tensor  # (d_in + 1,) int32
-    row_t: torch.Tensor  # (U,) int32, column-major order
-    perm: torch.Tensor  # (U,) int64: column-major order of the row-major entries
+    _cache: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(cls, flat: torch.Tensor, shape: tuple[int, int], deduplicate: bool) -> Pattern:
@@ -81,19 +80,51 @@ class Pattern:
         if deduplicate:
             counts = torch.ones_like(counts)
         rows, cols = unique // d_in, unique % d_in
-        perm = torch.argsort(cols * d_out + rows)
         crow = torch.searchsorted(rows, torch.arange(d_out + 1, device=rows.device), out_int32=True)
-        crow_t = torch.searchsorted(cols[perm], torch.arange(d_in + 1, device=rows.device), out_int32=True)
-        total = int(counts.sum())
-        return cls(shape, crow, cols.int(), counts.int(), total, crow_t, rows[perm].int(), perm)
+        return cls(shape, crow, cols.int(), counts.int(), int(counts.sum()))
 
     def weight(self, dtype: torch.dtype) -> torch.Tensor:
-        return self.count.to(dtype) / self.total
-
-    def arguments(self, dtype: torch.dtype) -> tuple:
-        """``(crow, col, weight, transpose)`` for ``kernels.key_penalty.gathered_abs_mean``."""
         dtype = torch.float64 if dtype == torch.float64 else torch.float32
-        return self.crow, self.col, self.weight(dtype), (self.crow_t, self.row_t, self.perm)
+        if ("weight", dtype) not in self._cache:
+            self._cache["weight", dtype] = self.count.to(dtype) / self.total
+        return self._cache["weight", dtype]
+
+    def transpose(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(crow_t, row_t, perm)``: the pattern in column-major order (``perm``: int64, of the row-major entries)."""
+        if "transpose" not in self._cache:
+            d_out, d_in = self.shape
+            rows = torch.repeat_interleave(torch.arange(d_out, device=self.crow.device), self.crow.diff().long())
+            perm = torch.argsort(self.col.long() * d_out + rows)
+            arange = torch.arange(d_in + 1, device=self.crow.device)
+            crow_t = torch.searchsorted(self.col[perm].long(), arange, out_int32=True)
+            self._cache["transpose"] = (crow_t, rows[perm].int(), perm)
+        return self._cache["transpose"]
+
+    def tiled(self, rank: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(ptr, col, weight)`` in the C++ pass's column-tiled order (``kernels.key_penalty.tile_layout``)."""
+        dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        key = ("tiled", tile_columns(rank, dtype), dtype)
+        if key not in self._cache:
+            weight = self.count.to(dtype) / self.total  # the row-major weights are not kept: the C++ pass reads these
+            self._cache[key] = tile_layout(self.crow, self.col, weight, self.shape[1], key[1])
+        return self._cache[key]
+
+    def arguments(self, A: torch.Tensor, backend: str = "auto") -> dict:  # noqa: N803
+        """Keyword arguments of ``kernels.key_penalty.gathered_abs_mean`` for the adapter factor ``A`` (``(r, d_in)``)
+        in the layout the chosen backend reads (C++: the column-tiled one; torch: CSR and its transpose)."""
+        chosen = resolve_backend(backend, A.device)
+        if chosen == "cpp":
+            ptr, col, weight = self.tiled(A.shape[0], A.dtype)
+            return {"crow": ptr, "col": col, "weight": weight, "backend": chosen}
+        weight = self.weight(A.dtype)
+        return {"crow": self.crow, "col": self.col, "weight": weight, "transpose": self.transpose(), "backend": chosen}
+
+    def nbytes(self) -> int:
+        """Bytes held: the CSR pattern, its counts and every layout built so far."""
+        tensors = [self.crow, self.col, self.count]
+        for value in self._cache.values():
+            tensors.extend(value if isinstance(value, tuple) else (value,))
+        return sum(t.numel() * t.element_size() for t in tensors)
 
 
 class KeyPositions(nn.Module):
@@ -161,7 +192,7 @@ class KeyPositions(nn.Module):
         ``kernels.key_penalty.BACKENDS``."""
         patterns = self.patterns(deduplicate)
         terms = [
-            gathered_abs_mean(A, B, *patterns[n].arguments(A.dtype), backend=backend)
+            gathered_abs_mean(A, B, **patterns[n].arguments(A, backend))
             for n, (A, B) in factors.items()
             if patterns[n].col.numel()
         ]
