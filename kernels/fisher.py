@@ -14,7 +14,9 @@ Backends: ``reference`` = torch.func per-sample gradients (``kernels.fisher_refe
 activations and output gradients with exact per-layer rules (``kernels.fisher_fast``, ``kernels.fisher_rules``), the
 torch.func reference for parameters no rule covers; ``auto`` = fast, with the fused Triton kernels
 (``kernels.fisher_triton``) for Linear layers on CUDA float tensors; ``triton`` = fast with the Triton kernels forced
-(CPU tensors need ``TRITON_INTERPRET=1``; for tests).
+(CPU tensors need ``TRITON_INTERPRET=1``; for tests). On CPU, ``fast`` and ``auto`` run the Linear-on-sequences
+product through the fused C++ kernel (``kernels.fisher_cpp``, compiled on first use; the torch form if it does not
+build).
 
 The model is evaluated in eval mode (dropout off, BatchNorm on running statistics, so that per-sample gradients are
 defined); every submodule's train/eval flag is restored afterwards, and no parameter's ``.grad`` is touched.
@@ -26,6 +28,7 @@ all-reduced once (``kernels.fisher_dist``).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatch
@@ -51,6 +54,37 @@ class FisherResult:
     labels: str = "true"
     n_batches: int = 0
     fallback: tuple[str, ...] = ()  # parameters the fast backend left to the torch.func reference
+
+
+# model -> {broadcast parameter key: did the broadcast rule pass its check}. The check (one batch-of-one autograd pass
+# on sample 0, 5-15 ms on the 2-12-block transformers of experiments/bench/fisher_family.py, 2-5 % of a 2-3-batch call)
+# asks whether any sample's loss reaches another sample's copy of the parameter: a property of the model's forward,
+# not of its weights, so a verdict is kept for the model object (weakly) across calls. Kept only for calls without
+# forward_fn (a new function may couple samples) and from a check batch of at least two samples (with one sample every
+# model passes); keyed by the parameter's name, shape, dtype and device. ``clear_broadcast_cache`` forgets them.
+_BROADCAST_VERDICTS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, bool]] = weakref.WeakKeyDictionary()
+
+
+def clear_broadcast_cache() -> None:
+    """Forget every kept broadcast-rule verdict (e.g. after patching a model's forward)."""
+    _BROADCAST_VERDICTS.clear()
+
+
+def _broadcast_key(mod: nn.Module, local: str, full: str) -> tuple:
+    p = mod._parameters[local]
+    return full, tuple(p.shape), p.dtype, p.device
+
+
+def _apply_verdicts(plan, model: nn.Module) -> None:  # noqa: ANN001
+    """Before the first batch: parameters with a kept verdict skip the check (passed) or go to the reference (failed);
+    the check runs only when some broadcast parameter has none."""
+    known = _BROADCAST_VERDICTS.get(model)
+    if not known or not plan.broadcast:
+        return
+    verdicts = [known.get(_broadcast_key(*b)) for b in plan.broadcast]
+    plan.fallback.extend(b[2] for b, v in zip(plan.broadcast, verdicts) if v is False)
+    plan.broadcast = [b for b, v in zip(plan.broadcast, verdicts) if v is not False]
+    plan.checked_broadcast = all(v is True for v in verdicts)
 
 
 def _check(key: str, value: object, allowed: Sequence[object]) -> None:
@@ -84,6 +118,11 @@ def _sqsum_kernels(backend: str, device: torch.device) -> tuple[SqSum, SqSum]:
                 raise
             return seq_sqsum_torch, vec_sqsum_torch
         return fisher_triton.seq_sqsum, fisher_triton.vec_sqsum
+    if device.type == "cpu" and backend in ("auto", "fast"):
+        from kernels import fisher_cpp
+
+        if fisher_cpp.available():  # fused C++ sequence product (else one warning and the torch form)
+            return fisher_cpp.seq_sqsum, vec_sqsum_torch
     return seq_sqsum_torch, vec_sqsum_torch
 
 
@@ -125,6 +164,8 @@ def fisher_diagonal(
     plan = (
         fisher_fast.make_plan(model, names, rule_workers) if mode == "per_sample" and backend != "reference" else None
     )
+    if plan is not None and forward_fn is None:
+        _apply_verdicts(plan, model)
     flags = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
@@ -200,10 +241,15 @@ def _fast_part(plan, model, forward_fn, x, y, generator, chunk, seq, vec, sums) 
         plan.checked_broadcast = True
         names = [full for _, _, full in plan.broadcast]
         ref = _per_sample_autograd(model, forward_fn, x[:1], y[:1], names)
-        for _, _, full in list(plan.broadcast):
+        keep = forward_fn is None and x.shape[0] >= 2  # a verdict worth keeping for later calls (_BROADCAST_VERDICTS)
+        verdicts = _BROADCAST_VERDICTS.setdefault(model, {}) if keep else {}
+        for entry in list(plan.broadcast):
+            full = entry[2]
             total, first = plan.check_values.pop(full)
             scale = float(ref[full].abs().max())  # float32 sums of squares: elements near 0 differ by ~1e-5*max
-            if torch.allclose(first.to(ref[full].dtype), ref[full], rtol=1e-3, atol=1e-4 * scale + 1e-12):
+            ok = torch.allclose(first.to(ref[full].dtype), ref[full], rtol=1e-3, atol=1e-4 * scale + 1e-12)
+            verdicts[_broadcast_key(*entry)] = ok
+            if ok:
                 sums[full].add_(total.to(sums[full].dtype))
             else:
                 plan.broadcast = [b for b in plan.broadcast if b[2] != full]

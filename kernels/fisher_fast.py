@@ -22,7 +22,8 @@ Mechanics of one batch (``fast_batch``):
    (``kernels.fisher._probe_drive``).
 3. Parameters that broadcast over the batch (leading dim 1, e.g. ViT ``cls_token`` / ``pos_embed``) are replaced for
    the forward by a batch-expanded leaf ``P (B, ...)``; ``dL/dP_i`` is then exactly sample i's gradient. The rule is
-   checked once, on the first sample, against a per-sample autograd pass and dropped if it disagrees.
+   checked on the first sample against a per-sample autograd pass and dropped if it disagrees; once per call, or once
+   per model when the verdict can be kept (``kernels.fisher._BROADCAST_VERDICTS``).
 4. Parameters of other modules called with a single tensor get per-sample vector-Jacobian products of that module
    alone (torch.func); anything else (shared parameters, modules whose forward never runs, multi-input modules) is
    returned as ``fallback`` for the whole-model torch.func reference.
@@ -38,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kernels import fisher_cpp
 from kernels.fisher_pool import RulePool, RuleRunner
 from kernels.fisher_reference import sample_labels
 from kernels.fisher_rules import SqOps, SqSum, chunk_size, rule_for, seq_sqsum_torch, vec_sqsum_torch
@@ -183,6 +185,7 @@ def _attempt_inner(plan, model, forward_fn, x, y, generator, chunk, seq, vec, ac
     leaves: list[Tensor] = []  # frozen drive: fresh leaf outputs of the layers whose input needs no gradient
     frozen = [p for p in model.parameters() if p.requires_grad] if plan.freeze else []
     runner: RuleRunner | None = None  # set for the backward (where each rule runs: kernels.fisher_pool)
+    ops = SqOps(seq, vec, chunk, fisher_cpp if seq is fisher_cpp.seq_sqsum else None)
 
     def run_rule(owner: _Owner) -> None:
         calls = [c for c in owner.calls if c[4] is not None]
@@ -192,9 +195,9 @@ def _attempt_inner(plan, model, forward_fn, x, y, generator, chunk, seq, vec, ac
             task = partial(_apply_rule, owner, [c[0] for c in calls], [c[4] for c in calls], local_acc, failed)
             gemm = isinstance(owner.module, nn.Linear) and all(c[0].dim() == 2 for c in calls)
             if runner is None:  # after the backward (rules whose hook never completed)
-                task(SqOps(seq, vec, chunk))
+                task(ops)
             else:
-                runner.run(partial(task, SqOps(seq, vec, chunk)), gemm)
+                runner.run(partial(task, ops), gemm)
         for c in owner.calls:  # release the captures now, not at the end of the backward
             c[0] = c[1] = c[4] = None
         owner.calls.clear()
@@ -280,7 +283,8 @@ def _attempt_inner(plan, model, forward_fn, x, y, generator, chunk, seq, vec, ac
             rec[1] = None  # outputs were only needed for the version checks (drivers hold their own references)
         threads = torch.get_num_threads()
         cpu_multi = x.device.type == "cpu" and threads > 1  # many small ops: one intra-op thread (RULE_THREADS)
-        torch_kernels = seq is seq_sqsum_torch and vec is vec_sqsum_torch  # Triton (interpreted) stays on one thread
+        torch_kernels = seq in (seq_sqsum_torch, fisher_cpp.seq_sqsum) and vec is vec_sqsum_torch  # not Triton
+        # (interpreted on CPU: stays on one thread)
         workers = resolve_workers(plan.rule_workers, threads, x.device) if torch_kernels else 0
         runner = RuleRunner(workers, RULE_THREADS if cpu_multi else threads, plan)
         try:

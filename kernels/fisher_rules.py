@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +45,7 @@ class SqOps(NamedTuple):
     seq: SqSum
     vec: SqSum
     chunk: int | None = None
+    fused: Any = None  # kernels.fisher_cpp on CPU when its kernels built (fused Linear-on-sequences and norm rules)
 
 
 def chunk_size(batch: int, per_sample: int, chunk: int | None) -> int:
@@ -171,6 +172,8 @@ def linear_rule(mod: nn.Linear, xs: list[Tensor], gs: list[Tensor], acc: dict[st
     x, g = _tokens(xs, 1), _tokens(gs, 1)
     if x is None or g is None:
         return False
+    if ops.fused is not None and ops.fused.linear(g, x, acc.get("weight"), acc.get("bias")):
+        return True
     if "weight" in acc:
         ops.seq(g, x, ops.chunk, acc["weight"])
     if "bias" in acc:
@@ -267,13 +270,17 @@ def _affine_rule(xhat: Tensor, g: Tensor, acc: dict[str, Tensor]) -> bool:
     return True
 
 
-def layernorm_rule(mod: nn.Module, xs: list[Tensor], gs: list[Tensor], acc: dict[str, Tensor], _ops: SqOps) -> bool:
+def layernorm_rule(mod: nn.Module, xs: list[Tensor], gs: list[Tensor], acc: dict[str, Tensor], ops: SqOps) -> bool:
     shape = tuple(mod.normalized_shape)
+    rms = isinstance(mod, nn.RMSNorm)
+    eps = (mod.eps if mod.eps is not None else torch.finfo(xs[0].dtype).eps) if rms else mod.eps
+    if ops.fused is not None and len(xs) == 1 and len(shape) == 1:
+        if ops.fused.norm(xs[0], gs[0], acc.get("weight"), acc.get("bias"), eps, rms):
+            return True
     # unit weight and zero bias (exact: x * 1 + 0) select the vectorised CPU kernel the forward uses; without them
     # layer_norm took 2-2.5x as long (measured on (64, 17, 64) to (64, 65, 384) inputs)
     one = torch.ones(shape, dtype=xs[0].dtype, device=xs[0].device)
-    if isinstance(mod, nn.RMSNorm):
-        eps = mod.eps if mod.eps is not None else torch.finfo(xs[0].dtype).eps
+    if rms:
         xhats = [F.rms_norm(x, shape, one, eps) for x in xs]
     else:
         zero = torch.zeros(shape, dtype=xs[0].dtype, device=xs[0].device)

@@ -128,3 +128,34 @@ def test_sequence_product_on_two_threads_equals_einsum() -> None:
         torch.set_num_threads(1)
         rules.release_scratch()
     assert rel_err(got, expect) < 1e-12
+
+
+def test_broadcast_verdict_kept_per_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The broadcast check runs on a model's first call only (from a batch of two or more samples, without
+    forward_fn); later calls reuse the verdict, passed (timm ViT) or failed (a coupled parameter), and stay exact."""
+    import kernels.fisher as fisher
+
+    calls: list[int] = []
+    check = fisher._per_sample_autograd
+    monkeypatch.setattr(fisher, "_per_sample_autograd", lambda *a: calls.append(1) or check(*a))
+    fisher.clear_broadcast_cache()
+    vit, coupled = _transformer(), _FirstCopy().double()
+    vit_data = _data([1, 4])  # a first batch of one sample: no verdict kept
+    gen = torch.Generator().manual_seed(2)
+    x, y = torch.randn(6, 4, generator=gen, dtype=torch.float64), torch.randint(0, 3, (6,), generator=gen)
+    coupled_data = [(x[:3], y[:3]), (x[3:], y[3:])]
+    for model, data in ((vit, vit_data), (vit, vit_data[::-1]), (coupled, coupled_data)):
+        fisher_diagonal(model, data, backend="fast")
+    assert len(calls) == 3  # the ViT checked twice (first batch of one sample, then of four), the coupled model once
+    for model, data, fallback in ((vit, vit_data, ()), (coupled, coupled_data, ("p",))):
+        fast = fisher_diagonal(model, data, backend="fast")
+        ref = fisher_diagonal(model, data, backend="reference")
+        assert fast.fallback == fallback
+        for n in ref.diag:
+            assert rel_err(fast.diag[n], ref.diag[n]) < 1e-10, n
+    assert len(calls) == 3  # verdicts kept: no further check
+    fisher_diagonal(vit, vit_data, backend="fast", forward_fn=vit)  # a forward_fn: checked again
+    assert len(calls) == 4
+    fisher.clear_broadcast_cache()
+    fisher_diagonal(coupled, coupled_data, backend="fast")
+    assert len(calls) == 5
