@@ -39,7 +39,7 @@ Departures from the reference code, each a config key:
   embeddings. Under Adam an embedding moves by at most ~lr per step and only while ``s |e| < thres_cosh`` (else HAT's
   compensated gradient vanishes), so in a short budget the gates keep the signs of their N(0, 1) initialisation: each
   experience reserves a random half of the block's units and the free units run out (measured in
-  experiments/gcab_digits/README.md, where the preset sets it). The reference trains ~2e4 steps per task.
+  experiments/gcab_digits/README.md; the preset keeps the shared lr). The reference trains ~2e4 steps per task.
 * Parameters are allocated for every experience of the stream when the stream is known (``setup_stream``), so the
   state dict has the same keys before and after any experience; the reference grows them per task.
 """

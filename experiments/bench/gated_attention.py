@@ -18,7 +18,7 @@ is timed beside the torch one (``train_gated_triton``, ``infer_gated_triton``); 
 Measured 2026-12-03 (CPU, 1 thread; the exclusive lock was not free, so run on the shared machine at load average
 ~3: only the side-by-side ratios count), table in experiments/bench/README.md. Defaults (B=128, N=64+1, D=192, H=3,
 T=10, random binary gates of density 0.50): training step masked / ungated SDPA 0.26, inference 0.10 x (T ungated
-passes). With the trained gates of a ``gcab_digits`` checkpoint (``--masks``, T=5, D=96, old-gate density 0.50):
+passes). With the trained gates of a 5 x 2 ``gcab_digits`` checkpoint (``--masks``, T=5, D=96, old-gate density 0.50):
 inference 0.097 (N=64) and 0.32 (the digits shape B=32, N=16), training 0.45 and 0.91. Both goals are met by the
 folded single query, which removes the (N x D x D) key/value GEMMs altogether: its cost does not depend on the gates'
 values, so the kernel does not skip inactive units (skipping them would only shrink the O(D^2) folds and the

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 METHODS = ("finetune", "lwf", "ewc", "gcab", "gcab_nocfdc", "gcab_gatelr", "gcab_nocfdc_gatelr", "gcab_cosine")
+METHODS += ("finetune_aug", "gcab_aug")  # data.source.augment=true
+METHODS += ("finetune_e50", "lwf_e50", "ewc_e50", "gcab_e50", "gcab_nocfdc_e50")  # trainer.max_epochs=50
 COLUMNS = (("avg_acc", "A_T"), ("avg_inc_acc", "A_inc"), ("forgetting", "forgetting"),
            ("avg_acc_task_aware", "task-aware A_T"))  # fmt: skip
 

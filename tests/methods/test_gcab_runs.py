@@ -48,18 +48,20 @@ def test_unlearning_loads_a_gcab_checkpoint(tmp_path):
     assert Path(out / "checkpoints" / "unlearned_task_4.ckpt").is_file()
 
 
-@pytest.mark.slow  # 45 training steps and an evaluation: ~20 s alone on 2 cores, minutes on a loaded machine
+@pytest.mark.slow  # 220 training steps and an evaluation: ~25 s alone on 2 cores, minutes on a loaded machine
 def test_the_digits_preset_learns_experience_0(tmp_path):
-    """``experiment=gcab_digits`` (its lr and gate lr, 9 batches per epoch, s annealed per batch, the mask
-    regulariser) through the engine, 5 of its 20 epochs to keep the test short: experience 0 (2 classes, chance 50%)
-    ends well above chance. With the earlier preset lr 1e-3 the trunk's features collapsed and experience 0 ended at
-    49.5 / 50.5 / 49.5% for seeds 0 / 1 / 2 (experiments/gcab_digits/README.md)."""
+    """``experiment=gcab_digits`` (2 experiences of 5 classes, its lr, 22 batches per epoch, s annealed per batch,
+    the mask regulariser) through the engine, 10 of its 20 epochs to keep the test short (at 5: 42%): experience 0
+    (5 classes, chance 20%) ends well above chance. With the earlier preset lr 1e-3 the trunk's features collapsed
+    (on the 5 x 2 stream experience 0 ended at chance, 49.5 / 50.5 / 49.5% for seeds 0 / 1 / 2:
+    experiments/gcab_digits/README.md)."""
     from cl.engine.loop import StreamRunner
     from cl.experiment import build
 
-    ov = ["experiment=gcab_digits", "trainer.max_epochs=5", "logger=none", "trainer.enable_progress_bar=false"]
+    ov = ["experiment=gcab_digits", "trainer.max_epochs=10", "logger=none", "trainer.enable_progress_bar=false"]
     cfg = compose_config(ov, tmp_path, shrink=False)
     stream, method = build(cfg)
     runner = StreamRunner(cfg, method, stream, tmp_path)
+    assert len(stream) == 2 and len(stream.experiences[0].classes) == 5  # the preset's protocol
     runner.run_experience(0)
-    assert runner.R[0, 0] > 0.75, runner.R[0, 0]
+    assert runner.R[0, 0] > 0.6, runner.R[0, 0]  # 81% measured (seed 0); 96% at the full 20 epochs
