@@ -33,6 +33,7 @@ setup(
         "lightning>=2.2",
         "hydra-core>=1.3",
         "timm>=1.0",
+        "safetensors>=0.4",  # the unlearning importance cache (unlearn/importance.py); timm needs it too
         "peft>=0.10",
         # <5.25: transformers 5.25 requires Hugging Face's `kernels` distribution, whose import name is this
         # project's top-level `kernels` package: transformers then imports ours at start-up and fails (ImportError

@@ -16,6 +16,13 @@ first in grid order: list the gentlest first); if none qualifies, the one with t
 The whole table, the classes and the choice go into the report (``method_info.auto``). The calibration classes are the
 first ``classes`` of one seeded permutation of the seen classes that are not forgotten, so runs forgetting different
 classes share most of them, and their importances are cached with the method's own cache.
+
+Reuse across forgotten classes: every grid model is scored once on the whole test split as per-class correct / total
+counts, from which the forget accuracy (class ``c``) and the retain drop (any set of left-out classes) follow exactly.
+Methods that return a :meth:`Calibratable.calibration_key` get these counts cached on disk next to the importances
+(``unlearn_cache/calibration-*.json``, keyed by the checkpoint's SHA-256, the method's key and the calibration class),
+so a second forgotten class with the same calibration classes re-scores nothing; ``cached_classes`` in the report
+says which classes came from the cache.
 """
 
 from __future__ import annotations
@@ -72,6 +79,11 @@ class Calibratable:
     def apply(self, model: Any, state: Any, task: Any, value: float, lam: float) -> None:
         raise NotImplementedError
 
+    def calibration_key(self, task: Any) -> dict[str, Any] | None:
+        """Everything besides the checkpoint, the calibration class and the grid point that determines a grid model
+        (its importances' settings); ``None``: the calibration rows are not cached."""
+        return None
+
 
 def calibration_classes(seen: list[int], forgotten: list[int], k: int, seed: int) -> list[int]:
     """The first ``k`` classes of a seeded permutation of ``seen`` that are not ``forgotten``."""
@@ -102,11 +114,64 @@ def class_task(task: Any, c: int) -> Any:
     )
 
 
-def _accuracy(model: Any, pool: Any, task: Any) -> float:
+Counts = dict[int, list[int]]  # class -> [correct, total] on the test split
+
+
+def _class_counts(model: Any, pool: Any, task: Any) -> Counts:
     from unlearn.evaluate import class_masks, forward_pool
 
     out = forward_pool(model, pool, class_masks(model, task.ctx.stream), task.device, 256, False)
-    return float((out["pred"] == out["y"]).mean()) if len(out["y"]) else float("nan")
+    counts: Counts = {}
+    for y, ok in zip(out["y"].tolist(), (out["pred"] == out["y"]).tolist(), strict=True):
+        counts.setdefault(int(y), [0, 0])
+        counts[int(y)][0] += int(ok)
+        counts[int(y)][1] += 1
+    return counts
+
+
+def _accuracy(counts: Counts, classes: set[int]) -> float:
+    correct = sum(counts.get(c, [0, 0])[0] for c in classes)
+    total = sum(counts.get(c, [0, 0])[1] for c in classes)
+    return correct / total if total else float("nan")
+
+
+class RowCache:
+    """Per-class test counts of the grid models of one calibration class, on disk (module docstring)."""
+
+    def __init__(self, method: Calibratable, task: Any, c: int) -> None:
+        import hashlib
+        import json
+
+        from unlearn.importance import cache_root
+
+        key = method.calibration_key(task)
+        self.path = None
+        self.rows: dict[str, Counts] = {}
+        if key is None:
+            return
+        self.key = {**key, "checkpoint": task.ctx.checkpoint_hash, "class": int(c)}
+        digest = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:20]
+        self.path = cache_root(task.ctx.run_dir, task.work_dir) / "unlearn_cache" / f"calibration-{digest}.json"
+        if self.path.is_file():
+            try:
+                data = json.loads(self.path.read_text())
+                if data.get("key") == self.key:
+                    self.rows = {k: {int(y): v for y, v in r.items()} for k, r in data["rows"].items()}
+            except (ValueError, KeyError, AttributeError):  # a damaged entry is recomputed
+                self.rows = {}
+
+    @staticmethod
+    def name(value: float, lam: float) -> str:
+        return f"{value!r}|{lam!r}"
+
+    def save(self) -> None:
+        import json
+
+        from cl.engine.distributed import is_global_zero
+        from cl.utils.atomic import write_text
+
+        if self.path is not None and is_global_zero():
+            write_text(self.path, json.dumps({"key": self.key, "rows": self.rows}))
 
 
 def choose(table: list[dict[str, Any]], auto: AutoConfig) -> tuple[dict[str, Any], bool]:
@@ -136,21 +201,30 @@ def calibrate(
         raise UnlearnConfigError(f"calibration classes {classes} include forgotten classes {forgotten}")
     leave_out = set(forgotten)
     rows: dict[tuple[float, float], list[tuple[float, float]]] = {}
+    cached_classes = []
     was = model.training
     model.eval()
+    test = PoolDataset(task.ctx.stream, seen.test_keys, "test")
+    base_counts = _class_counts(model, test, task)
     for c in classes:
         sub = class_task(task, c)
-        forget_test = PoolDataset(task.ctx.stream, sub.split.forget_test, "test")
-        keep = [k for k, y in zip(seen.test_keys, seen.test_labels, strict=True) if y != c and y not in leave_out]
-        retain_test = PoolDataset(task.ctx.stream, keep, "test")
-        base = _accuracy(model, retain_test, task)
-        state = method.prepare(model, sub)
-        for value in method.grid(auto):
-            for lam in auto.lambdas:
+        keep = {y for y in base_counts if y != c and y not in leave_out}
+        base = _accuracy(base_counts, keep)
+        cache = RowCache(method, sub, c)
+        points = [(value, lam) for value in method.grid(auto) for lam in auto.lambdas]
+        missing = [pt for pt in points if cache.name(*pt) not in cache.rows]
+        if missing:
+            state = method.prepare(model, sub)
+            for value, lam in missing:
                 m = copy.deepcopy(model)
                 method.apply(m, state, sub, value, lam)
-                score = (_accuracy(m, forget_test, task), base - _accuracy(m, retain_test, task))
-                rows.setdefault((value, lam), []).append(score)
+                cache.rows[cache.name(value, lam)] = _class_counts(m, test, task)
+            cache.save()
+        else:
+            cached_classes.append(c)
+        for value, lam in points:
+            counts = cache.rows[cache.name(value, lam)]
+            rows.setdefault((value, lam), []).append((_accuracy(counts, {c}), base - _accuracy(counts, keep)))
     model.train(was)
     table = [
         {
@@ -167,6 +241,7 @@ def calibrate(
         "classes": classes,
         "criterion": {"forget_max": auto.forget_max, "retain_drop_max": auto.retain_drop_max},
         "met_criterion": ok,
+        "cached_classes": cached_classes,
         "chosen": {"value": best["value"], "lambda": best["lambda"]},
         "table": table,
     }

@@ -23,15 +23,21 @@ sys.path.insert(0, str(ROOT))
 from experiments.unlearn_native.run import compose  # noqa: E402
 
 METHODS = "retrain,ssd,lfssd,iau,finetune,gradient_ascent,random_label,bad_teacher"
+# "<method>:auto" runs the method with its strength calibrated on held-out classes (unlearn/calibrate.py)
+AUTO = {"ssd": "unlearn_method.alpha=auto", "lfssd": "unlearn_method.alpha=auto", "iau": "unlearn_method.lr=auto"}
 
 
-def forget_one(checkpoint: str, method: str, c: int, out: Path, extra: list[str]) -> dict:
+def forget_one(checkpoint: str, method: str, c: int, out: Path, extra: list[str], tag: str = "") -> dict:
     from unlearn.pipeline import run_unlearning
 
-    run_dir = out / f"{method}-class{c}"
+    run_dir = out / f"{method.replace(':', '_')}{tag}-class{c}"
     if (run_dir / "unlearn_report.json").is_file():
         return json.loads((run_dir / "unlearn_report.json").read_text())
-    ov = [f"checkpoint={checkpoint}", f"unlearn_method={method}", f"forget.classes=[{c}]", "eval.probe=false"]
+    name, _, tag = method.partition(":")
+    if tag not in ("", "auto") or (tag and name not in AUTO):
+        raise SystemExit(f"--methods: {method!r}; allowed: a method, or {sorted(AUTO)} with ':auto'")
+    ov = [f"checkpoint={checkpoint}", f"unlearn_method={name}", f"forget.classes=[{c}]", "eval.probe=false"]
+    ov += [AUTO[name]] if tag else []
     if method != "retrain" and (out / f"retrain-class{c}" / "unlearn_report.json").is_file():
         ov.append(f"reference={out / f'retrain-class{c}'}")
     return run_unlearning(compose([*ov, *extra]), run_dir, [*ov, *extra])
@@ -50,6 +56,8 @@ def row(method: str, c: int, r: dict) -> dict:
         "gap_forget_test": r.get("gap_to_reference_forget_test_acc"),
         "strength": info.get("alpha", info.get("lr")),
         "selected_fraction": info.get("selected_fraction"),
+        "lambda": info.get("lambda"),
+        "auto": {k: (info.get("auto") or {}).get(k) for k in ("classes", "met_criterion")} if "auto" in info else None,
     }
 
 
@@ -74,11 +82,30 @@ def markdown(name: str, rows: list[dict]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def ordered(rows: list[dict], show: str | None = None) -> list[dict]:
+    """Rows by class, then method in first-appearance order; only the methods in ``show`` (comma-separated) if set."""
+    names = list(dict.fromkeys(r["method"] for r in rows))
+    keep = show.split(",") if show else names
+    rank = {m: i for i, m in enumerate(keep)}
+    return sorted((r for r in rows if r["method"] in rank), key=lambda r: (r["class"], rank[r["method"]]))
+
+
+def strengths(rows: list[dict]) -> str:
+    """The strengths used (alpha or lr, and lambda when set) with the classes that used each: ``2 λ1 (0-9)``."""
+    used: dict[str, list[int]] = {}
+    for r in rows:
+        if r.get("strength") is None:
+            continue
+        lam = "" if r.get("lambda") is None else f" λ{r['lambda']:g}"
+        used.setdefault(f"{r['strength']:g}{lam}", []).append(r["class"])
+    return "; ".join(f"{k} ({','.join(map(str, v))})" for k, v in used.items()) or "–"
+
+
 def summary(rows: list[dict]) -> str:
     """Per method: the classes whose forget-test is within 10 points of retrain's (issue 17's goal for SSD), the mean
     retain-test drop, the mean seconds; and the classes that miss (with SSD's selected fraction)."""
-    out = "\n| method | forget-test within 10 pts of retrain | mean retain drop (pts) | mean s | misses (class: gap, "
-    out += "retain drop in pts, selected fraction) |\n|---|---|---|---|---|\n"
+    out = "\n| method | forget-test within 10 pts of retrain | mean retain drop (pts) | mean s | strength (classes) | "
+    out += "misses (class: gap, retain drop in pts, selected fraction) |\n|---|---|---|---|---|---|\n"
     for method in dict.fromkeys(r["method"] for r in rows):
         mine = [r for r in rows if r["method"] == method]
         if method == "retrain":
@@ -93,7 +120,29 @@ def summary(rows: list[dict]) -> str:
             + ("" if r["selected_fraction"] is None else f", {r['selected_fraction']:.4f}")
             for r in misses
         )
-        out += f"| {method} | {ok}/{len(mine)} | {drop:+.1f} | {secs:.1f} | {miss or '–'} |\n"
+        out += f"| {method} | {ok}/{len(mine)} | {drop:+.1f} | {secs:.1f} | {strengths(mine)} | {miss or '–'} |\n"
+    return out
+
+
+def calibration_tables(runs: Path, method: str) -> str:
+    """The ``alpha=auto`` calibration tables of ``method``'s runs, one per distinct set of calibration classes: per
+    grid point the mean held-out forget-test / retain drop and each class's, and which forgotten classes used it."""
+    tables: dict[tuple, tuple[dict, list[int]]] = {}
+    for rd in sorted(runs.glob(f"{method.replace(':', '_')}-class*")):  # a --tag variant: pass "ssd:auto<tag>"
+        if not (rd / "unlearn_report.json").is_file():
+            continue
+        r = json.loads((rd / "unlearn_report.json").read_text())
+        auto = r["method_info"]["auto"]
+        key = tuple(auto["classes"])
+        tables.setdefault(key, (auto, []))[1].append(int(rd.name.rsplit("class", 1)[1]))
+    out = ""
+    for key, (auto, forgotten) in tables.items():
+        out += f"\ncalibration classes {list(key)} (forgotten classes {sorted(forgotten)}; criterion met: "
+        out += f"{auto['met_criterion']}, chosen {auto['chosen']})\n\n| value | lambda | mean forget / drop (pts) | "
+        out += " | ".join(f"class {c}" for c in key) + " |\n|" + "---|" * (3 + len(key)) + "\n"
+        for t in auto["table"]:
+            per = " | ".join(f"{p['forget']:.2f} / {100 * p['retain_drop']:+.1f}" for p in t["per_class"])
+            out += f"| {t['value']:g} | {t['lambda']:g} | {t['forget']:.3f} / {100 * t['retain_drop']:+.1f} | {per} |\n"
     return out
 
 
@@ -105,13 +154,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default=METHODS, help="retrain first: the others are compared with it")
     ap.add_argument("--out", default=str(ROOT / "logs" / "studies" / "unlearn_cl"))
     ap.add_argument("--extra", nargs="*", default=[], help="more unlearn.run overrides (every method)")
+    ap.add_argument("--tag", default="", help="suffix of the non-retrain methods' names and run dirs (a variant)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--table-only", action="store_true", help="print the tables of an earlier run's table.json")
+    ap.add_argument("--show", default=None, help="with --table-only: only these methods (comma-separated)")
+    ap.add_argument("--calibration", default=None, help="with --table-only: print this ':auto' method's calibrations")
     args = ap.parse_args(argv)
     out = Path(args.out) / args.name
     if args.table_only:
         rows = json.loads((out / "table.json").read_text())
-        print(markdown(args.name, rows) + summary(rows))
+        print(markdown(args.name, ordered(rows, args.show)) + summary(ordered(rows, args.show)))
+        if args.calibration:
+            print(calibration_tables(out / "runs", args.calibration))
         return 0
     import torch
 
@@ -119,13 +173,16 @@ def main(argv: list[str] | None = None) -> int:
     from cl.utils.atomic import write_text
 
     methods = args.methods.split(",")
-    rows = []
+    # rows of earlier invocations (other methods on the same checkpoint) are kept; a rerun row replaces its own
+    rows = json.loads((out / "table.json").read_text()) if (out / "table.json").is_file() else []
     for c in (int(v) for v in args.classes.split(",")):
         for method in methods:
-            rows.append(row(method, c, forget_one(args.checkpoint, method, c, out / "runs", args.extra)))
-            write_text(out / "table.md", markdown(args.name, rows) + summary(rows))  # a partial table survives
+            tag = "" if method == "retrain" else args.tag
+            new = row(method + tag, c, forget_one(args.checkpoint, method, c, out / "runs", args.extra, tag))
+            rows = [r for r in rows if (r["method"], r["class"]) != (new["method"], c)] + [new]
+            write_text(out / "table.md", markdown(args.name, ordered(rows)) + summary(ordered(rows)))  # partial: kept
             write_text(out / "table.json", json.dumps(rows, indent=1))
-    print(markdown(args.name, rows) + summary(rows), flush=True)
+    print(markdown(args.name, ordered(rows)) + summary(ordered(rows)), flush=True)
     return 0
 
 

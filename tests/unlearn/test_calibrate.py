@@ -73,9 +73,29 @@ def test_alpha_auto_runs_records_its_table_and_reuses_the_cache(trained, tmp_pat
     best, ok = choose(entry["table"], AutoConfig(**entry["criterion"]))
     assert entry["chosen"] == {"value": best["value"], "lambda": best["lambda"]} and entry["met_criterion"] == ok
     assert r["method_info"]["alpha"] == best["value"] and r["method_info"]["lambda"] == best["lambda"]
-    n_cache = len(list((trained / "unlearn_cache").glob("*.pt")))
+    n_cache = len(list((trained / "unlearn_cache").glob("importance-*.safetensors")))
     assert n_cache == 3  # the two calibration classes' D and the forget set's D
     r2 = _unlearn(trained, tmp_path / "b", "forget.classes=[4]", *auto)
     shared = set(entry["classes"]) & set(r2["method_info"]["auto"]["classes"])
     # the shared calibration classes came from the cache: only new classes and the new forget set added entries
-    assert len(list((trained / "unlearn_cache").glob("*.pt"))) == n_cache + 1 + (2 - len(shared))
+    assert len(list((trained / "unlearn_cache").glob("importance-*.safetensors"))) == n_cache + 1 + (2 - len(shared))
+    # ... and so did their scored grid models (per-class test counts): nothing re-scored for them
+    e2 = r2["method_info"]["auto"]
+    assert entry["cached_classes"] == [] and e2["cached_classes"] == sorted(shared)
+    for c in shared:
+        i, j = entry["classes"].index(c), e2["classes"].index(c)
+        first = [t["per_class"][i]["forget"] for t in entry["table"] if t["lambda"] == 1.0]
+        assert first == [t["per_class"][j]["forget"] for t in e2["table"]]
+    # the cached rows equal a recomputation without any cache (cache=false: importances and rows recomputed)
+    r3 = _unlearn(trained, tmp_path / "c", "forget.classes=[4]", *auto, "unlearn_method.cache=false")
+    e3 = r3["method_info"]["auto"]
+    assert e3["cached_classes"] == [] and e3["table"] == e2["table"] and e3["chosen"] == e2["chosen"]
+
+
+def test_iau_lr_auto_rows_are_cached_and_equal_a_recomputation(trained, tmp_path):
+    auto = ["unlearn_method=iau", "unlearn_method.lr=auto", "unlearn_method.auto.classes=2"]
+    auto.append("unlearn_method.auto.grid=[0.0001,0.001]")
+    r1 = _unlearn(trained, tmp_path / "a", "forget.classes=[2]", *auto)["method_info"]
+    r2 = _unlearn(trained, tmp_path / "b", "forget.classes=[2]", *auto)["method_info"]
+    assert r1["auto"]["cached_classes"] == [] and r2["auto"]["cached_classes"] == r1["auto"]["classes"]
+    assert r2["auto"]["table"] == r1["auto"]["table"] and r2["lr"] == r1["lr"] == r1["auto"]["chosen"]["value"]

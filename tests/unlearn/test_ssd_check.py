@@ -1,11 +1,13 @@
-"""Issue 4's SSD check end to end (slow): on the default stream (``experiment=coda_digits``: CODA-Prompt on digits,
-5 x 2 class-incremental, frozen letters-pretrained tiny ViT), class forgetting with ``ssd`` at its config defaults
+"""Issue 4's SSD check end to end (slow): on the 5 x 2 digits stream it was measured on (``experiment=coda_digits
+scenario.n_experiences=5``: CODA-Prompt on digits, 5 experiences of 2 classes, frozen letters-pretrained tiny ViT; the
+preset itself is now 2 x 5), class forgetting with ``ssd`` at its config defaults
 brings the forget-test accuracy within 10 points of the ``retrain`` model's while the retain-test accuracy stays within
 5 points of the original (Foster et al., AAAI 2024, full-class setting).
 
-The checkpoint is the default stream's: ``python -m cl.run``'s recipe (5 epochs per experience, seed 0) without
-the measurement-only extras (the finetune reference run, FLOP counting, the logger). With 2 epochs per experience
-(this file's earlier fixture) the first check passed; on the real default checkpoint it does not (xfail reasons).
+The checkpoint is ``python -m cl.run experiment=coda_digits scenario.n_experiences=5``'s recipe (5 epochs per
+experience, seed 0) without the measurement-only extras (the reference runs, FLOP counting, the logger). With 2 epochs
+per experience (this file's earlier fixture) the first check passed; on the full checkpoint it does not (xfail
+reasons).
 The forgotten class is the one the checkpoint knows best (highest original forget-test accuracy among
 the classes of the last experience), so that the check is about forgetting something learned; SSD's alpha was
 calibrated on other classes (see conf/unlearn_method/ssd.yaml).
@@ -85,7 +87,7 @@ def reports(tmp_path_factory) -> tuple[dict, dict]:
 @pytest.mark.xfail(
     strict=False,
     reason="SSD's known limit (unlearn/methods/ssd.py): a class fit to near-zero loss has near-zero importance. "
-    "Measured on a fresh full default checkpoint (seed 0, 5 epochs), class 6 (train CE 0.14, others 0.43-2.11): "
+    "Measured on a fresh full 5 x 2 checkpoint (seed 0, 5 epochs), class 6 (train CE 0.14, others 0.43-2.11): "
     "alpha 15 (session 6, D shuffled) selects 210 of 77,770 weights, forget-test 0.956 vs retrain 0.511; the 9 "
     "held-out classes are forgotten (mean forget-test 0.007, retain -2.6 points); per-sample, sampled-label and "
     "training-mask importances fail too",
@@ -101,7 +103,7 @@ def test_ssd_forgets_at_least_as_much_as_retrain_and_keeps_retain_accuracy(repor
 
 @pytest.mark.xfail(
     strict=False,
-    reason="measured on a fresh full default checkpoint (class 6): retrain keeps forget-test 0.511 (class-IL CE over "
+    reason="measured on a fresh full 5 x 2 checkpoint (class 6): retrain keeps forget-test 0.511 (class-IL CE over "
     "the current experience's classes only: the unseen class's logit is pushed down against class 2 alone), and SSD "
     "keeps 0.956 (see the other check)",
 )

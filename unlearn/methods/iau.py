@@ -120,6 +120,9 @@ class IAU(UnlearningMethod, Calibratable):
     def apply(self, model: nn.Module, state: Any, task: UnlearnTask, value: float, lam: float) -> None:
         self.step(model, state, value)
 
+    def calibration_key(self, task: UnlearnTask) -> dict[str, Any] | None:
+        return {"variant": "iau", "optimizer": self.optimizer, "batch_size": self.batch_size}
+
     def unlearn(self, model: nn.Module, task: UnlearnTask) -> nn.Module:
         model.to(task.device)
         self.info = {}

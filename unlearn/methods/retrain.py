@@ -6,7 +6,8 @@ run directory (``retrain_run/`` inside the unlearning run directory).
 What is replayed and what is timed: the recipe is the method with its training-time callbacks (e.g. the FPF
 fine-tuning); callbacks that only *measure* a run are not part of it and are removed from the replayed config
 (``skip_callbacks``, by ``_target_``: the FLOP counter, which wraps every training op in a dispatch mode, and the
-``finetune_reference`` comparison run of the default ``coda_digits`` preset, a whole second training run). The reported
+``coda_digits`` preset's comparison runs, ``ReferenceRun``: finetune, SimpleCIL, linear probe, each a second training
+run on the same stream). The reported
 time is the runner's training time: ``fit`` plus the method's and the remaining callbacks' end-of-experience hooks,
 summed over the experiences, without the per-experience evaluations, checkpoint writes and reports.
 """
