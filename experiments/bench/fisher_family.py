@@ -12,7 +12,7 @@ memory above the level before each call (as in ``experiments/bench/fisher.py``).
 error of the fast result against the torch.func reference on the first 4 samples (float32). N per model is chosen so
 that one training pass is about --gflop GFLOP (between 128 and 512 samples). Each (model, threads) runs in its own
 worker process. Not a test; run it under the benchmark lock on a quiet machine (see ``experiments/bench/README.md``
-for the command and the measured table). Last measured 2026-12-04 00:11-00:25 UTC with 13f4900, under the exclusive
+for the command and the measured table). Last measured 2026-12-04 00:11-00:25 UTC with 30bee7b, under the exclusive
 lock at load 2.9-3.2: goal met in all 24 rows (1 thread 1.01-1.24x, 2 threads 0.45-1.00x against a loaded 2-thread
 training pass; memory <= 1.24x); a rerun of the 16-token models at 1 thread (load 2.3-2.6) met it for six of seven,
 (64, 16, 2) at 1.26x (rounds 1.07-1.40).
