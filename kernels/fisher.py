@@ -14,9 +14,9 @@ Backends: ``reference`` = torch.func per-sample gradients (``kernels.fisher_refe
 activations and output gradients with exact per-layer rules (``kernels.fisher_fast``, ``kernels.fisher_rules``), the
 torch.func reference for parameters no rule covers; ``auto`` = fast, with the fused Triton kernels
 (``kernels.fisher_triton``) for Linear layers on CUDA float tensors; ``triton`` = fast with the Triton kernels forced
-(CPU tensors need ``TRITON_INTERPRET=1``; for tests). On CPU, ``fast`` and ``auto`` run the Linear-on-sequences
-product through the fused C++ kernel (``kernels.fisher_cpp``, compiled on first use; the torch form if it does not
-build).
+(CPU tensors need ``TRITON_INTERPRET=1``; for tests). On CPU, ``fast`` and ``auto`` run the Linear-on-sequences,
+LayerNorm / RMSNorm and Conv2d rules through fused C++ kernels (``kernels.fisher_cpp``, compiled on first use; the
+torch forms if they do not build).
 
 The model is evaluated in eval mode (dropout off, BatchNorm on running statistics, so that per-sample gradients are
 defined); every submodule's train/eval flag is restored afterwards, and no parameter's ``.grad`` is touched.

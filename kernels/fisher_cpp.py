@@ -1,4 +1,5 @@
-"""Fused C++ CPU passes of the Fisher's Linear-on-sequences and LayerNorm / RMSNorm rules (``csrc/fisher_rules.cpp``).
+"""Fused C++ CPU passes of the Fisher's Linear-on-sequences, LayerNorm / RMSNorm (``csrc/fisher_rules.cpp``) and
+per-sample Conv2d rules (``csrc/fisher_conv.cpp``).
 
 ``kernels.fisher_rules.seq_sqsum_torch`` forms each sample's ``O x K`` product with a bmm and squares it in a second
 pass; with short sequences (T = 17 tokens: 17 multiply-adds per element written) that product is write-bound and ran
@@ -10,9 +11,17 @@ sample without the three ``(B, T, C)`` temporaries of the torch form (each a fre
 glibc maps large blocks: the torch rule measured 3-15x the layer's own forward). Exact: the same sums, accumulated in
 the tensors' dtype (float32 or float64; norm statistics in float64) in a different order.
 
-The kernel is compiled on first use with ``torch.utils.cpp_extension`` (a C++ compiler and ninja; built into
+The conv rule (``conv``) replaces the torch form's unfold of the batch, its transposed copy and the per-sample product
+(``F.unfold`` + bmm, or a grouped convolution's weight gradient for >= 256 output positions): per sample it reads the
+patches straight from a zero-padded copy of the input (register tiles of patch rows x output channels, squared into a
+per-thread accumulator), no unfolded tensor. On the cnn_small digits model the rule went from 45 % of the per-sample
+Fisher pass to under 10 %, 2-5x faster than the torch rule on every convolution of cnn_small and resnet18_reduced
+(``experiments/unlearn_native/README.md``, speed section).
+
+The kernels are compiled on first use with ``torch.utils.cpp_extension`` (a C++ compiler and ninja; built into
 ``.build/torch_extensions`` beside the package, as ``kernels.key_penalty`` does); when it does not build, one warning
-is given and ``seq_sqsum`` is ``kernels.fisher_rules.seq_sqsum_torch``. Tensors it does not take (not CPU, not
+is given, ``seq_sqsum`` is ``kernels.fisher_rules.seq_sqsum_torch`` and the rules run their torch forms
+(``kernels.fisher`` passes no fused module to them). Tensors a kernel does not take (not CPU, not
 float32/float64, mixed dtypes, a non-contiguous accumulator) go to the torch form as well.
 """
 
@@ -24,11 +33,11 @@ import warnings
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from kernels.fisher_rules import seq_sqsum_torch
+from kernels.fisher_rules import GROUPED_MIN_POSITIONS, conv_padding, seq_sqsum_torch
 
-_SOURCE = Path(__file__).with_name("csrc") / "fisher_rules.cpp"
+_SOURCES = [str(Path(__file__).with_name("csrc") / name) for name in ("fisher_rules.cpp", "fisher_conv.cpp")]
 _BUILD: dict[str, bool] = {}
 _NAME = "cl_fisher_rules"
 _NONE = torch.empty(0)  # an accumulator that is not selected
@@ -53,7 +62,7 @@ def available() -> bool:
 
             load(
                 name=_NAME,
-                sources=[str(_SOURCE)],
+                sources=_SOURCES,
                 extra_cflags=["-O3", "-march=native", "-ffp-contract=fast"],
                 build_directory=_build_dir(),
                 is_python_module=False,
@@ -116,5 +125,34 @@ def norm(x: Tensor, g: Tensor, weight: Tensor | None, bias: Tensor | None, eps: 
     torch.ops.cl_fisher.norm_sqsum_(
         x.reshape(x.shape[0], -1, c), g.reshape(g.shape[0], -1, c), none if weight is None else weight,
         none if bias is None else bias, float(eps), rms,
+    )  # fmt: skip
+    return True
+
+
+def conv(mod: nn.Conv2d, xs: list[Tensor], gs: list[Tensor], weight: Tensor | None, bias: Tensor | None) -> bool:
+    """The per-sample Conv2d rule (``csrc/fisher_conv.cpp``) for inputs ``xs`` and output gradients ``gs`` of ``mod``
+    into the weight (shaped like ``mod.weight``) and bias (C_out,) accumulators (None: not selected). Any stride,
+    dilation, groups and padding (zero padding in the kernel; other ``padding_mode`` values and ``'same'`` /
+    ``'valid'`` padded here first, as the torch rule does). False, before adding anything, for what it leaves to the
+    torch rule: a module called more than once in the forward (the per-sample gradient sums the calls before it is
+    squared), tensors not CPU float32 / float64 of one dtype, a non-contiguous or misshapen accumulator, and depthwise
+    convolutions (one output channel per group) with ``GROUPED_MIN_POSITIONS`` or more output positions: the kernel
+    vectorises over a group's output channels, so one channel fills 1 of 8-16 lanes, and the torch rule's
+    grouped-convolution form was faster there (2.6 vs 4.2 ms for 64 channels at 16 x 16, batch 64; the kernel was
+    2.9-4.5x faster at 8 x 8 and for 2-4 channels per group: ``experiments/unlearn_native/README.md``, speed
+    section)."""
+    if len(xs) != 1 or xs[0].dim() != 4 or gs[0].dim() != 4 or not _takes(xs[0], gs[0], weight, bias):
+        return False
+    if mod.out_channels == mod.groups and gs[0].shape[2] * gs[0].shape[3] >= GROUPED_MIN_POSITIONS:
+        return False
+    if not (_acc_ok(weight, tuple(mod.weight.shape)) and _acc_ok(bias, (mod.out_channels,))):
+        return False
+    x, padding = xs[0], mod.padding
+    if isinstance(padding, str) or mod.padding_mode != "zeros":
+        x, padding = conv_padding(mod, x), (0, 0)
+    none = _NONE.to(x.dtype)
+    torch.ops.cl_fisher.conv_sqsum_(
+        x, gs[0], none if weight is None else weight, none if bias is None else bias, list(mod.kernel_size),
+        list(mod.stride), list(padding), list(mod.dilation), mod.groups,
     )  # fmt: skip
     return True

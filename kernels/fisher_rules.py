@@ -181,7 +181,7 @@ def linear_rule(mod: nn.Linear, xs: list[Tensor], gs: list[Tensor], acc: dict[st
     return True
 
 
-def _conv_padding(mod: nn.Conv2d, x: Tensor) -> Tensor:
+def conv_padding(mod: nn.Conv2d, x: Tensor) -> Tensor:
     """Pad explicitly (any padding_mode, 'same'/'valid'), so that unfold runs with padding 0."""
     if isinstance(mod.padding, str):
         if mod.padding == "valid":
@@ -201,6 +201,8 @@ def _conv_padding(mod: nn.Conv2d, x: Tensor) -> Tensor:
 def conv2d_rule(mod: nn.Conv2d, xs: list[Tensor], gs: list[Tensor], acc: dict[str, Tensor], ops: SqOps) -> bool:
     if any(x.dim() != 4 for x in xs) or len({x.shape[0] for x in xs}) != 1:
         return False
+    if ops.fused is not None and ops.fused.conv(mod, xs, gs, acc.get("weight"), acc.get("bias")):
+        return True
     b = xs[0].shape[0]
     flat = [g.reshape(b, g.shape[1], -1) for g in gs]
     grads = flat[0] if len(flat) == 1 else torch.cat(flat, dim=2)  # (B, C_out, L)
@@ -218,7 +220,7 @@ def conv2d_rule(mod: nn.Conv2d, xs: list[Tensor], gs: list[Tensor], acc: dict[st
     c = chunk_size(b, k * l_total * groups, ops.chunk)
     for s in range(0, b, c):
         cols_list = [
-            F.unfold(_conv_padding(mod, x[s : s + c]), mod.kernel_size, mod.dilation, 0, mod.stride) for x in xs
+            F.unfold(conv_padding(mod, x[s : s + c]), mod.kernel_size, mod.dilation, 0, mod.stride) for x in xs
         ]
         cols = cols_list[0] if len(cols_list) == 1 else torch.cat(cols_list, dim=2)  # (c, C_in kh kw, L)
         gc = grads[s : s + c]
@@ -241,7 +243,7 @@ def _conv_weight_grouped(mod: nn.Conv2d, xs: list[Tensor], gs: list[Tensor], chu
     for s in range(0, b, c):
         total = None
         for x, g in zip(xs, gs):
-            xp = _conv_padding(mod, x[s : s + c])
+            xp = conv_padding(mod, x[s : s + c])
             n = xp.shape[0]
             w = torch.empty((n * c_out, *wshape[1:]), dtype=g.dtype, device=g.device)
             gw = torch.ops.aten.convolution_backward(
@@ -372,6 +374,7 @@ __all__ = [
     "DEFAULT_BUDGET",
     "SqOps",
     "chunk_size",
+    "conv_padding",
     "release_scratch",
     "rule_for",
     "scratch",

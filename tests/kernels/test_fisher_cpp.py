@@ -1,16 +1,19 @@
-"""The fused C++ sequence product of the Fisher's Linear rule (``kernels.fisher_cpp``): equal to the per-sample einsum
-for every tile shape (rows and columns that fill no register tile, one token, one sample, strided inputs), adds into
-the accumulator, and is what the fast backend runs on CPU."""
+"""The fused C++ passes of the Fisher's rules (``kernels.fisher_cpp``): the sequence product equal to the per-sample
+einsum for every tile shape (rows and columns that fill no register tile, one token, one sample, strided inputs), adds
+into the accumulator, and is what the fast backend runs on CPU; the norm rule and the per-sample Conv2d rule equal
+per-sample autograd / torch.func and the torch rules (stride, padding modes, dilation, groups, bias, batch 1); without
+a compiler one warning and the torch forms."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
-from kernels import fisher_cpp
+from kernels import fisher_cpp, fisher_diagonal
 from kernels.fisher import _sqsum_kernels
-from kernels.fisher_rules import seq_sqsum_torch
-from tests.kernels.models import rel_err
+from kernels.fisher_rules import SqOps, conv2d_rule, seq_sqsum_torch, vec_sqsum_torch
+from tests.kernels.models import ConvNet, rel_err
 
 needs_cpp = pytest.mark.skipif(not fisher_cpp.available(), reason="the C++ kernel did not build here")
 
@@ -104,3 +107,118 @@ def test_norm_rule_equals_per_sample_autograd(rms: bool, shape: tuple[int, ...])
     assert rel_err(w, expect["weight"]) < 1e-12
     if not rms:
         assert rel_err(b, expect["bias"]) < 1e-12
+
+
+def _conv_reference(mod: nn.Conv2d, x: torch.Tensor, g: torch.Tensor) -> dict[str, torch.Tensor]:
+    """sum_i (d <g_i, conv(x_i)> / d theta)^2 from torch.func per-sample gradients (float64)."""
+    from torch.func import functional_call, grad, vmap
+
+    params = {n: p.detach() for n, p in mod.named_parameters()}
+
+    def inner(p: dict, xi: torch.Tensor, gi: torch.Tensor) -> torch.Tensor:
+        return (functional_call(mod, p, (xi.unsqueeze(0),)) * gi.unsqueeze(0)).sum()
+
+    return {n: v.square().sum(0) for n, v in vmap(grad(inner), in_dims=(None, 0, 0))(params, x, g).items()}
+
+
+CONVS = {  # (B, C_in, H, W), Conv2d keyword arguments
+    "stride2_pad1_bias": ((5, 3, 9, 11), dict(out_channels=7, kernel_size=3, stride=2, padding=1)),
+    "batch1_no_bias": ((1, 4, 12, 12), dict(out_channels=20, kernel_size=3, padding=1, bias=False)),
+    "odd_groups_dilation": (
+        (3, 6, 10, 9),
+        dict(out_channels=9, kernel_size=(3, 2), stride=(2, 1), padding=(2, 0), dilation=(1, 2), groups=3),
+    ),
+    "depthwise_small": ((4, 8, 7, 7), dict(out_channels=8, kernel_size=3, padding=1, groups=8)),
+    "reflect": ((2, 3, 6, 6), dict(out_channels=5, kernel_size=3, padding=2, padding_mode="reflect")),
+    "same_circular_groups": (
+        (3, 4, 13, 13),
+        dict(out_channels=6, kernel_size=5, padding="same", dilation=2, groups=2, padding_mode="circular", bias=False),
+    ),
+    "wide_1x1_stride2": ((7, 20, 9, 9), dict(out_channels=40, kernel_size=1, stride=2, bias=False)),
+    "cnn_small_second": ((3, 32, 8, 8), dict(out_channels=64, kernel_size=3, padding=1, bias=False)),
+}
+
+
+@needs_cpp
+@pytest.mark.parametrize("name", list(CONVS))
+def test_conv_rule_equals_torch_rule_and_per_sample_reference(name: str) -> None:
+    shape, kw = CONVS[name]
+    gen = torch.Generator().manual_seed(len(name))
+    torch.manual_seed(len(name))
+    mod = nn.Conv2d(shape[1], **kw).double()
+    x = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    g = torch.randn(mod(x).shape, generator=gen, dtype=torch.float64)
+    expect = _conv_reference(mod, x, g)
+    fused = {n: torch.full_like(p, 0.5) for n, p in mod.named_parameters()}  # adds into the accumulators
+    assert fisher_cpp.conv(mod, [x], [g], fused["weight"], fused.get("bias"))
+    plain = {n: torch.zeros_like(p) for n, p in mod.named_parameters()}
+    assert conv2d_rule(mod, [x], [g], plain, SqOps(seq_sqsum_torch, vec_sqsum_torch))
+    for n, e in expect.items():
+        assert rel_err(fused[n] - 0.5, e) < 1e-10, n
+        assert rel_err(fused[n] - 0.5, plain[n]) < 1e-10, n
+
+
+@needs_cpp
+def test_conv_rule_selection_float32_and_what_it_leaves_to_torch() -> None:
+    """Weight or bias alone; float32 within rounding; two calls, depthwise at >= 256 positions and misshapen
+    accumulators are not taken (nothing added) and the rule then gives the torch form's result."""
+    gen = torch.Generator().manual_seed(11)
+    mod = nn.Conv2d(5, 12, 3, padding=1).double()
+    x = torch.randn(6, 5, 7, 7, generator=gen, dtype=torch.float64)
+    g = torch.randn(6, 12, 7, 7, generator=gen, dtype=torch.float64)
+    expect = _conv_reference(mod, x, g)
+    w, b = torch.zeros_like(mod.weight), torch.zeros_like(mod.bias)
+    assert fisher_cpp.conv(mod, [x], [g], w, None) and fisher_cpp.conv(mod, [x], [g], None, b)
+    assert rel_err(w, expect["weight"]) < 1e-12 and rel_err(b, expect["bias"]) < 1e-12
+    w32 = torch.zeros(mod.weight.shape)
+    assert fisher_cpp.conv(mod.float(), [x.float()], [g.float()], w32, None)
+    assert rel_err(w32.double(), expect["weight"]) < 1e-5
+    mod.double()
+    assert not fisher_cpp.conv(mod, [x, x], [g, g], w, None)
+    assert not fisher_cpp.conv(mod, [x], [g], torch.zeros(12, 45, dtype=torch.float64), None)
+    dw = nn.Conv2d(4, 4, 3, padding=1, groups=4).double()
+    xd = torch.randn(2, 4, 16, 16, generator=gen, dtype=torch.float64)
+    assert not fisher_cpp.conv(dw, [xd], [torch.ones(2, 4, 16, 16, dtype=torch.float64)], None, None)
+    acc = {"weight": torch.zeros_like(mod.weight)}  # two calls through the rule: summed per sample, then squared
+    assert conv2d_rule(mod, [x, x], [g, g], acc, SqOps(fisher_cpp.seq_sqsum, vec_sqsum_torch, None, fisher_cpp))
+    assert rel_err(acc["weight"], 4 * expect["weight"]) < 1e-12
+
+
+@needs_cpp
+def test_fast_backend_runs_the_conv_rule_in_cpp(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    real = fisher_cpp.conv
+
+    def counted(mod: nn.Conv2d, *args: object) -> bool:
+        taken = real(mod, *args)
+        calls.append(taken)
+        return taken
+
+    monkeypatch.setattr(fisher_cpp, "conv", counted)
+    torch.manual_seed(3)
+    model = ConvNet().double().eval()
+    data = [(torch.randn(5, 3, 8, 8, dtype=torch.float64), torch.randint(0, 4, (5,)))]
+    fast = fisher_diagonal(model, data, mode="per_sample", backend="fast", rule_workers=0)
+    ref = fisher_diagonal(model, data, mode="per_sample", backend="reference")
+    assert calls == [True, True, True]  # c3, c2 (reflect), c1
+    for n, v in ref.diag.items():
+        assert rel_err(fast.diag[n], v) < 1e-10, n
+
+
+def test_without_a_compiler_one_warning_and_the_torch_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch.utils.cpp_extension as ext
+
+    def no_compiler(*_a: object, **_k: object) -> None:
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(fisher_cpp, "_BUILD", {})
+    monkeypatch.setattr(ext, "load", no_compiler)
+    torch.manual_seed(4)
+    model = ConvNet().double().eval()
+    data = [(torch.randn(4, 3, 8, 8, dtype=torch.float64), torch.randint(0, 4, (4,)))]
+    with pytest.warns(UserWarning, match="did not build"):
+        fast = fisher_diagonal(model, data, mode="per_sample", backend="fast")
+    assert _sqsum_kernels("fast", torch.device("cpu"))[0] is seq_sqsum_torch  # decided once: no second warning
+    ref = fisher_diagonal(model, data, mode="per_sample", backend="reference")
+    for n, v in ref.diag.items():
+        assert rel_err(fast.diag[n], v) < 1e-10, n

@@ -1,0 +1,196 @@
+// Fused CPU pass (float32 / float64) of the Fisher's per-sample Conv2d rule (kernels/fisher_rules.py conv2d_rule);
+// Python side and the cases it routes to the torch form: kernels/fisher_cpp.py conv.
+//
+// conv_sqsum_: weight (C_out, K) += sum_b (G_b U_b^T)^2 per group and bias (C_out) += sum_b (sum_l g_bl)^2, for the
+// input x (B, C_in, H, W) and the output gradient g (B, C_out, OH, OW) of a convolution with stride, zero padding,
+// dilation and groups; G_b (C_out / groups, L = OH OW) is a group's output gradient and U_b (K, L) with
+// K = C_in / groups * kh * kw the im2col of its input channels.
+//
+// No unfolded tensor is formed (the torch form unfolds the batch and copies it transposed: K x L elements per sample
+// written and read back for K x L x C_out multiply-adds). Per sample, a thread copies the input into its zero-padded
+// buffer (C_in, Hp, Wp) and a group's output gradient, transposed, into (L, O_pad) (O_pad: C_out / groups rounded up
+// to a vector; the extra columns stay zero). A register tile of R patch rows k x NV vectors of output channels
+// accumulates sum_l U[k, l] G[o, l] over all L positions, U[k, l] broadcast straight from the padded input at offset
+// koff[k] + loff[l], G^T[l, o : o + V] loaded as a vector; then the tile is squared into the thread's accumulator
+// (groups x K x O_pad: the output block, in L1 / L2). Threads take samples; their accumulators are added into weight
+// (transposed) at the end.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+// one AVX-512 register and 12-row tiles where the build machine has AVX-512 (24 accumulators + 2 + 1 of 32), else
+// one AVX2 register and 6 rows (12 + 2 + 1 of 16); as in fisher_rules.cpp
+#if defined(__AVX512F__)
+constexpr int VBYTES = 64;
+constexpr int ROWS = 12;
+#else
+constexpr int VBYTES = 32;
+constexpr int ROWS = 6;
+#endif
+
+template <typename T>
+struct Vec {
+  typedef T type __attribute__((vector_size(VBYTES)));
+};
+
+template <typename T, int R, int NV>
+inline void tile(const T* __restrict__ xp, const int64_t* __restrict__ koff, const int64_t* __restrict__ loff,
+                 const T* __restrict__ gt, T* __restrict__ acc, int64_t nl, int64_t ldg, int64_t lda) {
+  using V = typename Vec<T>::type;
+  constexpr int L = VBYTES / sizeof(T);
+  const V zero = {};
+  V a[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) a[r][v] = zero;
+  const T* xr[R];
+  for (int r = 0; r < R; ++r) xr[r] = xp + koff[r];
+  for (int64_t l = 0; l < nl; ++l) {
+    V gv[NV];
+    for (int v = 0; v < NV; ++v) std::memcpy(&gv[v], gt + l * ldg + v * L, VBYTES);
+    const int64_t off = loff[l];
+    for (int r = 0; r < R; ++r) {
+      const V xb = xr[r][off] - zero;  // a broadcast
+      for (int v = 0; v < NV; ++v) a[r][v] += xb * gv[v];
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) {
+      V o;
+      std::memcpy(&o, acc + r * lda + v * L, VBYTES);
+      o += a[r][v] * a[r][v];
+      std::memcpy(acc + r * lda + v * L, &o, VBYTES);
+    }
+}
+
+template <typename T, int NV>
+inline void tile_rows(int r, const T* xp, const int64_t* koff, const int64_t* loff, const T* gt, T* acc, int64_t nl,
+                      int64_t ldg, int64_t lda) {
+  switch (r) {
+#if defined(__AVX512F__)
+    case 12: tile<T, 12, NV>(xp, koff, loff, gt, acc, nl, ldg, lda); break;
+    case 11: tile<T, 11, NV>(xp, koff, loff, gt, acc, nl, ldg, lda); break;
+    case 10: tile<T, 10, NV>(xp, koff, loff, gt, acc, nl, ldg, lda); break;
+    case 9: tile<T, 9, NV>(xp, koff, loff, gt, acc, nl, ldg, lda); break;
+    case 8: tile<T, 8, NV>(xp, koff, loff, gt, acc, nl, ldg, lda); break;
+    case 7: tile<T, 7, NV>(xp, koff, loff, gt, acc, nl, ldg, lda); break;
+#endif
+    case 6: tile<T, 6, NV>(xp, koff, loff, gt, acc, nl, ldg, lda); break;
+    case 5: tile<T, 5, NV>(xp, koff, loff, gt, acc, nl, ldg, lda); break;
+    case 4: tile<T, 4, NV>(xp, koff, loff, gt, acc, nl, ldg, lda); break;
+    case 3: tile<T, 3, NV>(xp, koff, loff, gt, acc, nl, ldg, lda); break;
+    case 2: tile<T, 2, NV>(xp, koff, loff, gt, acc, nl, ldg, lda); break;
+    default: tile<T, 1, NV>(xp, koff, loff, gt, acc, nl, ldg, lda);
+  }
+}
+
+struct Geometry {
+  int64_t nb, cin, h, w, cout, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, groups;
+  int64_t hp() const { return h + 2 * ph; }
+  int64_t wp() const { return w + 2 * pw; }
+  int64_t cg() const { return cin / groups; }
+  int64_t og() const { return cout / groups; }
+  int64_t k() const { return cg() * kh * kw; }
+};
+
+template <typename T>
+void conv_sqsum_impl(const T* x, const T* g, T* weight, T* bias, const Geometry& s) {
+  constexpr int64_t LANES = VBYTES / sizeof(T);
+  const int64_t hp = s.hp(), wp = s.wp(), nl = s.oh * s.ow, og = s.og(), nk = s.k();
+  const int64_t opad = (og + LANES - 1) / LANES * LANES;
+  std::vector<int64_t> koff(nk), loff(nl);  // patch row k = (c, i, j) and position l = (y, x) -> padded-input offset
+  for (int64_t c = 0; c < s.cg(); ++c)
+    for (int64_t i = 0; i < s.kh; ++i)
+      for (int64_t j = 0; j < s.kw; ++j) koff[(c * s.kh + i) * s.kw + j] = (c * hp + i * s.dh) * wp + j * s.dw;
+  for (int64_t y = 0; y < s.oh; ++y)
+    for (int64_t xx = 0; xx < s.ow; ++xx) loff[y * s.ow + xx] = y * s.sh * wp + xx * s.sw;
+  const int nthreads = at::get_num_threads();
+  std::vector<std::vector<T>> wacc(nthreads), bacc(nthreads);  // per-thread accumulators, allocated on first use
+  at::parallel_for(0, s.nb, 1, [&](int64_t begin, int64_t end) {
+    const int tid = at::get_thread_num();
+    std::vector<T>& acc = wacc[tid];
+    if (weight != nullptr && acc.empty()) acc.assign(s.groups * nk * opad, T(0));
+    if (bias != nullptr && bacc[tid].empty()) bacc[tid].assign(s.cout, T(0));
+    std::vector<T> xpad(weight != nullptr ? s.cin * hp * wp : 0, T(0)), gt(weight != nullptr ? nl * opad : 0, T(0));
+    for (int64_t b = begin; b < end; ++b) {
+      const T* gb = g + b * s.cout * nl;
+      if (bias != nullptr)
+        for (int64_t o = 0; o < s.cout; ++o) {
+          T sum = 0;
+          for (int64_t l = 0; l < nl; ++l) sum += gb[o * nl + l];
+          bacc[tid][o] += sum * sum;
+        }
+      if (weight == nullptr) continue;
+      const T* xb = x + b * s.cin * s.h * s.w;
+      for (int64_t c = 0; c < s.cin; ++c)  // interior of the padded copy (the border stays zero)
+        for (int64_t y = 0; y < s.h; ++y)
+          std::memcpy(&xpad[(c * hp + y + s.ph) * wp + s.pw], xb + (c * s.h + y) * s.w, s.w * sizeof(T));
+      for (int64_t gi = 0; gi < s.groups; ++gi) {
+        for (int64_t o = 0; o < og; ++o)
+          for (int64_t l = 0; l < nl; ++l) gt[l * opad + o] = gb[(gi * og + o) * nl + l];
+        const T* xg = xpad.data() + gi * s.cg() * hp * wp;
+        T* ag = acc.data() + gi * nk * opad;
+        for (int64_t k0 = 0; k0 < nk; k0 += ROWS) {
+          const int r = int(std::min<int64_t>(ROWS, nk - k0));
+          int64_t o0 = 0;
+          for (; o0 + 2 * LANES <= opad; o0 += 2 * LANES)
+            tile_rows<T, 2>(r, xg, &koff[k0], loff.data(), gt.data() + o0, ag + k0 * opad + o0, nl, opad, opad);
+          if (o0 < opad)
+            tile_rows<T, 1>(r, xg, &koff[k0], loff.data(), gt.data() + o0, ag + k0 * opad + o0, nl, opad, opad);
+        }
+      }
+    }
+  });
+  for (int t = 0; t < nthreads; ++t) {
+    if (!wacc[t].empty())
+      for (int64_t gi = 0; gi < s.groups; ++gi)
+        for (int64_t k = 0; k < nk; ++k)
+          for (int64_t o = 0; o < og; ++o) weight[(gi * og + o) * nk + k] += wacc[t][(gi * nk + k) * opad + o];
+    if (!bacc[t].empty())
+      for (int64_t o = 0; o < s.cout; ++o) bias[o] += bacc[t][o];
+  }
+}
+
+void conv_sqsum_(const at::Tensor& x, const at::Tensor& g, at::Tensor weight, at::Tensor bias, at::IntArrayRef kernel,
+                 at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  TORCH_CHECK(x.dim() == 4 && g.dim() == 4 && x.size(0) == g.size(0), "conv_sqsum_: x and g (B, C, H, W) expected");
+  TORCH_CHECK(kernel.size() == 2 && stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
+              "conv_sqsum_: kernel, stride, padding, dilation: two values each");
+  TORCH_CHECK(x.scalar_type() == g.scalar_type() && x.device().is_cpu() && g.device().is_cpu(),
+              "conv_sqsum_: CPU tensors of one dtype expected");
+  const Geometry s{x.size(0),  x.size(1),   x.size(2),   x.size(3),   g.size(1),   g.size(2),   g.size(3),  kernel[0],
+                   kernel[1],  stride[0],   stride[1],   padding[0],  padding[1],  dilation[0], dilation[1], groups};
+  TORCH_CHECK(groups > 0 && s.cin % groups == 0 && s.cout % groups == 0, "conv_sqsum_: groups must divide C_in, C_out");
+  TORCH_CHECK(s.sh > 0 && s.sw > 0 && s.dh > 0 && s.dw > 0 && s.ph >= 0 && s.pw >= 0 && s.kh > 0 && s.kw > 0,
+              "conv_sqsum_: positive kernel, stride, dilation and non-negative padding expected");
+  TORCH_CHECK(s.oh == (s.hp() - s.dh * (s.kh - 1) - 1) / s.sh + 1 && s.ow == (s.wp() - s.dw * (s.kw - 1) - 1) / s.sw + 1,
+              "conv_sqsum_: g's spatial size does not match the convolution of x");
+  for (const auto* acc : {&weight, &bias}) {
+    const int64_t n = acc == &weight ? s.cout * s.k() : s.cout;
+    TORCH_CHECK(acc->numel() == 0 || (acc->numel() == n && acc->is_contiguous() &&
+                                      acc->scalar_type() == x.scalar_type() && acc->device().is_cpu()),
+                "conv_sqsum_: a contiguous CPU accumulator of ", n, " elements in the inputs' dtype (or empty) expected");
+  }
+  const auto xc = x.contiguous();
+  const auto gc = g.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_sqsum_", [&] {
+    conv_sqsum_impl<scalar_t>(xc.data_ptr<scalar_t>(), gc.data_ptr<scalar_t>(),
+                              weight.numel() ? weight.data_ptr<scalar_t>() : nullptr,
+                              bias.numel() ? bias.data_ptr<scalar_t>() : nullptr, s);
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(cl_fisher, m) {
+  m.def(
+      "conv_sqsum_(Tensor x, Tensor g, Tensor(a!) weight, Tensor(b!) bias, int[] kernel, int[] stride, int[] padding, "
+      "int[] dilation, int groups) -> ()");
+  m.impl("conv_sqsum_", c10::DispatchKey::CPU, TORCH_FN(conv_sqsum_));
+}
