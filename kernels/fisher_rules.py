@@ -305,17 +305,21 @@ def _spatial_sum(t: Tensor) -> Tensor:
     return t.reshape(t.shape[0], t.shape[1], -1).sum(2)
 
 
-def batchnorm_rule(mod: nn.Module, xs: list[Tensor], gs: list[Tensor], acc: dict[str, Tensor], _ops: SqOps) -> bool:
+def batchnorm_rule(mod: nn.Module, xs: list[Tensor], gs: list[Tensor], acc: dict[str, Tensor], ops: SqOps) -> bool:
     """``dl_i/dw_c = inv_c sum_s g_ics (x_ics - mean_c)``, ``dl_i/db_c = sum_s g_ics``: per-channel reductions in the
-    layer's own (B, C, *spatial) layout (one temporary, no transposed copy), summed over calls, squared."""
+    layer's own (B, C, *spatial) layout (one temporary, no transposed copy), summed over calls, squared; one call on
+    CPU: the fused C++ pass (``kernels.fisher_cpp.batchnorm``, no temporary)."""
     if mod.training or mod.running_mean is None or mod.running_var is None:
         return False  # batch statistics couple the samples: no per-sample rule
     if len({(t.shape[0], t.shape[1]) for t in xs + gs}) != 1:
         return False
     c = mod.num_features
     view = (1, c) + (1,) * (xs[0].dim() - 2)
-    mean = mod.running_mean.to(xs[0].dtype).reshape(view)
     inv = torch.rsqrt(mod.running_var.to(xs[0].dtype) + mod.eps)
+    mean = mod.running_mean.to(xs[0].dtype)
+    if ops.fused is not None and ops.fused.batchnorm(xs, gs, mean, inv, acc.get("weight"), acc.get("bias")):
+        return True
+    mean = mean.reshape(view)
     if "weight" in acc:
         w = sum(_spatial_sum((x - mean).mul_(g)) for x, g in zip(xs, gs)) * inv
         _add(acc, "weight", w.square().sum(0))

@@ -1,6 +1,10 @@
 // Fused CPU passes (float32 / float64) of two exact Fisher-diagonal rules (kernels/fisher_rules.py); Python side and
 // the pure-PyTorch forms they replace: kernels/fisher_cpp.py.
 //
+// bn_sqsum_: the eval-mode BatchNorm rule: per sample and channel the reductions sum_s g (x - mean_c) and sum_s g over
+// the spatial positions s in one read of x and g (the torch form writes a (B, C, S) temporary x - mean and reads it
+// back), squared and summed over samples.
+//
 // seq_sqsum_: out (O, K) += sum_b (G_b^T X_b)^2 for G (B, T, O), X (B, T, K), and optionally bias (O) +=
 // sum_b (sum_t g_bt)^2: the Linear-on-sequences rule with the per-sample product, its square and the sum over samples
 // fused.
@@ -193,6 +197,64 @@ void norm_sqsum_(const at::Tensor& x, const at::Tensor& g, at::Tensor w, at::Ten
   });
 }
 
+// bn_sqsum_: x, g (B, C, S); weight (C) += sum_b (invstd_c sum_s g_bcs (x_bcs - mean_c))^2, bias (C) += sum_b
+// (sum_s g_bcs)^2; vector accumulators over s (a floating-point reduction is not vectorised by the compiler alone)
+template <typename T>
+void bn_sqsum_impl(const T* x, const T* g, const T* mean, const T* invstd, T* w, T* bias, int64_t nb, int64_t nc,
+                   int64_t ns) {
+  using V = typename Vec<T>::type;
+  constexpr int64_t L = VBYTES / sizeof(T);
+  const V zero = {};
+  for (int64_t b = 0; b < nb; ++b)
+    for (int64_t c = 0; c < nc; ++c) {
+      const T* xr = x + (b * nc + c) * ns;
+      const T* gr = g + (b * nc + c) * ns;
+      const T m = mean[c];
+      const V mv = m - zero;
+      V aw = zero, ab = zero;
+      int64_t s = 0;
+      for (; s + L <= ns; s += L) {
+        V xv, gv;
+        std::memcpy(&xv, xr + s, VBYTES);
+        std::memcpy(&gv, gr + s, VBYTES);
+        aw += gv * (xv - mv);
+        ab += gv;
+      }
+      T sw = 0, sb = 0;
+      for (int i = 0; i < L; ++i) {
+        sw += aw[i];
+        sb += ab[i];
+      }
+      for (; s < ns; ++s) {
+        sw += gr[s] * (xr[s] - m);
+        sb += gr[s];
+      }
+      if (w != nullptr) w[c] += (sw * invstd[c]) * (sw * invstd[c]);
+      if (bias != nullptr) bias[c] += sb * sb;
+    }
+}
+
+void bn_sqsum_(const at::Tensor& x, const at::Tensor& g, const at::Tensor& mean, const at::Tensor& invstd,
+               at::Tensor w, at::Tensor bias) {
+  TORCH_CHECK(x.dim() == 3 && x.sizes() == g.sizes() && x.scalar_type() == g.scalar_type() && x.device().is_cpu() &&
+                  g.device().is_cpu(),
+              "bn_sqsum_: x and g (B, C, S) CPU tensors of one dtype expected");
+  for (const auto* t : {&mean, &invstd})
+    TORCH_CHECK(t->numel() == x.size(1) && t->scalar_type() == x.scalar_type() && t->device().is_cpu(),
+                "bn_sqsum_: mean and invstd (C) in the inputs' dtype expected");
+  check_acc(w, x, x.size(1), "bn_sqsum_ weight");
+  check_acc(bias, x, x.size(1), "bn_sqsum_ bias");
+  const auto xc = x.contiguous();
+  const auto gc = g.contiguous();
+  const auto mc = mean.contiguous();
+  const auto ic = invstd.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bn_sqsum_", [&] {
+    bn_sqsum_impl<scalar_t>(xc.data_ptr<scalar_t>(), gc.data_ptr<scalar_t>(), mc.data_ptr<scalar_t>(),
+                            ic.data_ptr<scalar_t>(), w.numel() ? w.data_ptr<scalar_t>() : nullptr,
+                            bias.numel() ? bias.data_ptr<scalar_t>() : nullptr, x.size(0), x.size(1), x.size(2));
+  });
+}
+
 at::Tensor seq_sqsum_(const at::Tensor& g, const at::Tensor& x, at::Tensor out, at::Tensor bias) {
   TORCH_CHECK(g.dim() == 3 && x.dim() == 3 && g.size(0) == x.size(0) && g.size(1) == x.size(1),
               "seq_sqsum_: g (B, T, O) and x (B, T, K) expected");
@@ -223,4 +285,6 @@ TORCH_LIBRARY(cl_fisher, m) {
   m.impl("seq_sqsum_", c10::DispatchKey::CPU, TORCH_FN(seq_sqsum_));
   m.def("norm_sqsum_(Tensor x, Tensor g, Tensor(a!) weight, Tensor(b!) bias, float eps, bool rms) -> ()");
   m.impl("norm_sqsum_", c10::DispatchKey::CPU, TORCH_FN(norm_sqsum_));
+  m.def("bn_sqsum_(Tensor x, Tensor g, Tensor mean, Tensor invstd, Tensor(a!) weight, Tensor(b!) bias) -> ()");
+  m.impl("bn_sqsum_", c10::DispatchKey::CPU, TORCH_FN(bn_sqsum_));
 }

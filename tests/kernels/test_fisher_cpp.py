@@ -12,7 +12,7 @@ from torch import nn
 
 from kernels import fisher_cpp, fisher_diagonal
 from kernels.fisher import _sqsum_kernels
-from kernels.fisher_rules import SqOps, conv2d_rule, seq_sqsum_torch, vec_sqsum_torch
+from kernels.fisher_rules import SqOps, batchnorm_rule, conv2d_rule, seq_sqsum_torch, vec_sqsum_torch
 from tests.kernels.models import ConvNet, rel_err
 
 needs_cpp = pytest.mark.skipif(not fisher_cpp.available(), reason="the C++ kernel did not build here")
@@ -222,3 +222,32 @@ def test_without_a_compiler_one_warning_and_the_torch_rules(monkeypatch: pytest.
     ref = fisher_diagonal(model, data, mode="per_sample", backend="reference")
     for n, v in ref.diag.items():
         assert rel_err(fast.diag[n], v) < 1e-10, n
+
+
+@needs_cpp
+@pytest.mark.parametrize("shape", [(5, 3), (4, 6, 7), (1, 5, 3, 5), (3, 4, 9, 9)])  # BatchNorm1d / 2d, batch 1
+def test_batchnorm_rule_equals_per_sample_autograd_and_torch_rule(shape: tuple[int, ...]) -> None:
+    gen = torch.Generator().manual_seed(sum(shape))
+    c = shape[1]
+    bn = (nn.BatchNorm1d(c) if len(shape) < 4 else nn.BatchNorm2d(c)).double().eval()
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1, generator=gen)
+        bn.running_var.uniform_(0.5, 2.0, generator=gen)
+    x = torch.randn(*shape, generator=gen, dtype=torch.float64) * 2 + 0.5
+    g = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    expect = {n: torch.zeros_like(p) for n, p in bn.named_parameters()}
+    for i in range(shape[0]):
+        for n, gr in zip(expect, torch.autograd.grad((bn(x[i : i + 1]) * g[i : i + 1]).sum(), list(bn.parameters()))):
+            expect[n] += gr.square()
+    fused = {n: torch.zeros_like(p) for n, p in bn.named_parameters()}
+    plain = {n: torch.zeros_like(p) for n, p in bn.named_parameters()}
+    assert batchnorm_rule(bn, [x], [g], fused, SqOps(fisher_cpp.seq_sqsum, vec_sqsum_torch, None, fisher_cpp))
+    assert batchnorm_rule(bn, [x], [g], plain, SqOps(seq_sqsum_torch, vec_sqsum_torch))
+    for n, e in expect.items():
+        assert rel_err(fused[n], e) < 1e-12 and rel_err(fused[n], plain[n]) < 1e-12, n
+    inv = torch.rsqrt(bn.running_var + bn.eps)
+    w = torch.zeros(c, dtype=torch.float64)
+    assert fisher_cpp.batchnorm([x], [g], bn.running_mean, inv, w, None)  # weight alone
+    assert rel_err(w, expect["weight"]) < 1e-12
+    assert not fisher_cpp.batchnorm([x, x], [g, g], bn.running_mean, inv, w, None)  # two calls: the torch rule
+    assert not fisher_cpp.batchnorm([x.float()], [g.float()], bn.running_mean, inv, None, None)  # mixed dtypes
