@@ -12,8 +12,8 @@
 // to a vector; the extra columns stay zero). A register tile of R patch rows k x NV vectors of output channels
 // accumulates sum_l U[k, l] G[o, l] over all L positions, U[k, l] broadcast straight from the padded input at offset
 // koff[k] + loff[l], G^T[l, o : o + V] loaded as a vector; then the tile is squared into the thread's accumulator
-// (groups x K x O_pad: the output block, in L1 / L2). Threads take samples; their accumulators are added into weight
-// (transposed) at the end.
+// (groups x K x O_pad: the output block, in L1 / L2). Threads take samples; each adds its accumulator into weight
+// (transposed) at its end.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <mutex>
 #include <vector>
 
 namespace {
@@ -110,13 +111,9 @@ void conv_sqsum_impl(const T* x, const T* g, T* weight, T* bias, const Geometry&
       for (int64_t j = 0; j < s.kw; ++j) koff[(c * s.kh + i) * s.kw + j] = (c * hp + i * s.dh) * wp + j * s.dw;
   for (int64_t y = 0; y < s.oh; ++y)
     for (int64_t xx = 0; xx < s.ow; ++xx) loff[y * s.ow + xx] = y * s.sh * wp + xx * s.sw;
-  const int nthreads = at::get_num_threads();
-  std::vector<std::vector<T>> wacc(nthreads), bacc(nthreads);  // per-thread accumulators, allocated on first use
-  at::parallel_for(0, s.nb, 1, [&](int64_t begin, int64_t end) {
-    const int tid = at::get_thread_num();
-    std::vector<T>& acc = wacc[tid];
-    if (weight != nullptr && acc.empty()) acc.assign(s.groups * nk * opad, T(0));
-    if (bias != nullptr && bacc[tid].empty()) bacc[tid].assign(s.cout, T(0));
+  std::mutex merge;
+  at::parallel_for(0, s.nb, 1, [&](int64_t begin, int64_t end) {  // one call per thread: its samples [begin, end)
+    std::vector<T> acc(weight != nullptr ? s.groups * nk * opad : 0, T(0)), bacc(bias != nullptr ? s.cout : 0, T(0));
     std::vector<T> xpad(weight != nullptr ? s.cin * hp * wp : 0, T(0)), gt(weight != nullptr ? nl * opad : 0, T(0));
     for (int64_t b = begin; b < end; ++b) {
       const T* gb = g + b * s.cout * nl;
@@ -124,7 +121,7 @@ void conv_sqsum_impl(const T* x, const T* g, T* weight, T* bias, const Geometry&
         for (int64_t o = 0; o < s.cout; ++o) {
           T sum = 0;
           for (int64_t l = 0; l < nl; ++l) sum += gb[o * nl + l];
-          bacc[tid][o] += sum * sum;
+          bacc[o] += sum * sum;
         }
       if (weight == nullptr) continue;
       const T* xb = x + b * s.cin * s.h * s.w;
@@ -146,15 +143,14 @@ void conv_sqsum_impl(const T* x, const T* g, T* weight, T* bias, const Geometry&
         }
       }
     }
-  });
-  for (int t = 0; t < nthreads; ++t) {
-    if (!wacc[t].empty())
+    const std::lock_guard<std::mutex> lock(merge);  // the thread's accumulator into weight (transposed) and bias
+    if (weight != nullptr)
       for (int64_t gi = 0; gi < s.groups; ++gi)
         for (int64_t k = 0; k < nk; ++k)
-          for (int64_t o = 0; o < og; ++o) weight[(gi * og + o) * nk + k] += wacc[t][(gi * nk + k) * opad + o];
-    if (!bacc[t].empty())
-      for (int64_t o = 0; o < s.cout; ++o) bias[o] += bacc[t][o];
-  }
+          for (int64_t o = 0; o < og; ++o) weight[(gi * og + o) * nk + k] += acc[(gi * nk + k) * opad + o];
+    if (bias != nullptr)
+      for (int64_t o = 0; o < s.cout; ++o) bias[o] += bacc[o];
+  });
 }
 
 void conv_sqsum_(const at::Tensor& x, const at::Tensor& g, at::Tensor weight, at::Tensor bias, at::IntArrayRef kernel,

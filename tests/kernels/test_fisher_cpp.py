@@ -156,6 +156,15 @@ def test_conv_rule_equals_torch_rule_and_per_sample_reference(name: str) -> None
     for n, e in expect.items():
         assert rel_err(fused[n] - 0.5, e) < 1e-10, n
         assert rel_err(fused[n] - 0.5, plain[n]) < 1e-10, n
+    threads = torch.get_num_threads()
+    try:  # samples split over 3 intra-op threads: each thread's accumulator added once
+        torch.set_num_threads(3)
+        split = {n: torch.zeros_like(p) for n, p in mod.named_parameters()}
+        assert fisher_cpp.conv(mod, [x], [g], split["weight"], split.get("bias"))
+    finally:
+        torch.set_num_threads(threads)
+    for n, e in expect.items():
+        assert rel_err(split[n], e) < 1e-10, n
 
 
 @needs_cpp
