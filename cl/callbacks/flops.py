@@ -9,17 +9,20 @@ expose ``extra_train_flops()`` (the FPF callback) is added. Not counted: evaluat
 without ``extra_train_flops`` (EWC's Fisher).
 
 Two modes (``callbacks.flops.mode``), which give the same totals on every method of this repository (tests in
-``tests/analysis/test_flops.py`` compare them on finetune, ER, DER++, k-FPF, EWC and LwF runs):
+``tests/analysis/test_flops.py`` compare them on finetune, ER, DER++, k-FPF, EWC, LwF and CODA-Prompt runs):
 
 * ``full``: one ``TorchDispatchMode`` over every op of the whole ``fit``. Exact by construction, but every op then
   goes through Python (a small CNN trains ~1.2x slower).
 * ``cached`` (default): the same counter, but a training step (Lightning's ``run_training_batch``: the training
   step, backward and optimizer step) whose *fingerprint* was already counted in this ``fit`` is not traced again: its
-  FLOPs are the counted ones. The fingerprint of a step is the sequence of module calls it makes (module, grad mode,
-  the shapes and ``requires_grad`` of its positional tensor arguments, its scalar arguments), recorded by a global
-  module pre-hook that is cheap next to the dispatch mode (~3% of a small CNN's step). A step is traced in full when
-  the fingerprint expected for it is unknown: the first step of each batch shape in each ``fit``, and every step after
-  a traced-free step whose fingerprint turned out new (ER's first replay step: the replay batch changes the forward's
+  FLOPs are the counted ones. The fingerprint of a step is the sequence of its calls of the *watched* modules (module,
+  grad mode, the shapes and ``requires_grad`` of its positional tensor arguments, its scalar arguments): the modules
+  of the LightningModule that own parameters, and every module that a traced step of this ``fit`` called and that
+  owns parameters or ran a counted op itself (a parameterless module doing a matmul; a teacher kept outside the
+  LightningModule). Per-module pre-hooks record them (:mod:`cl.callbacks.flop_steps`; ~0.1 ms per step of the
+  default experiment, where a global hook on every module call cost ~0.4 ms). A step is traced in full when the
+  fingerprint expected for it is unknown: the first step of each batch shape in each ``fit``, and every step after an
+  untraced step whose fingerprint turned out new (ER's first replay step: the replay batch changes the forward's
   input shape), until that fingerprint has been traced once; the untraced steps that had it then get its count.
   Everything in ``fit`` outside training steps (method and callback hooks such as k-FPF's triggers in
   ``on_train_batch_end``, epoch hooks) is traced in full as in ``full`` mode, except fetching batches from the data
@@ -27,14 +30,19 @@ Two modes (``callbacks.flops.mode``), which give the same totals on every method
   (SGD/Adam/AdamW do no matmuls; an optimizer that does, e.g. Shampoo, needs ``mode=full``).
 
 The rule is the counter's alone (a method declares nothing) and assumes what holds for every method here: within one
-``fit`` (one experience), a step's FLOPs are determined by its module calls and their input shapes (no data-dependent
-shapes inside a module, e.g. MoE routing; no matmuls on data-dependent shapes outside modules). Counts are not carried
-from one experience's ``fit`` to the next: an experience may change the work inside a module call without changing its
-inputs' shapes (the prompt methods' growing prompt components), so each kind of step is traced once per experience
-(~2.5 ms more than the step itself for the small CNN, ~20 us per op through Python). A step whose fingerprint was never
-traced by the end of ``fit`` is reported in ``flops_untraced_steps`` (0 in every test). Steps are found through the
-trainer's profiler actions (``run_training_batch``, ``*.train_dataloader_next``); if a Lightning version renamed them,
-``cached`` silently degrades to ``full`` (same totals, slower).
+``fit`` (one experience), a step's FLOPs are determined by its calls of the watched modules and their input shapes
+(no data-dependent shapes inside a module, e.g. MoE routing; no matmuls on data-dependent shapes outside modules; no
+module outside the LightningModule called for the first time in an untraced step). Where two traced steps with one
+fingerprint count different FLOPs, the assumption is seen to fail: the counter warns and traces every later step of
+that ``fit`` (``tests/analysis/test_flops_fingerprint.py``: one test per kind of watched module, and this check).
+Counts are not carried from one experience's ``fit`` to the next: an experience may change the work inside a module
+call without changing its inputs' shapes (the prompt methods' growing prompt components), so each kind of step is
+traced once per experience (~10-20 us per op through Python: a traced step of the default experiment runs ~1100 ops,
+~15 ms more than its ~40 ms; 4 of its ~215 steps are traced). A step whose fingerprint was never traced by the end of
+``fit`` is reported in ``flops_untraced_steps`` (0 in every test). Steps are found through the trainer's profiler
+actions (``run_training_batch``, ``*.train_dataloader_next``); if a Lightning version renamed them, ``cached``
+silently degrades to ``full`` (same totals, slower). Cost on the default experiment: experiments/bench/README.md,
+stream_overhead section.
 
 Metrics (``metrics.json``): ``flops`` (total training FLOPs of the run so far), ``flops_fit`` (inside ``fit``),
 ``params_updated`` (the largest number of parameters the Lightning optimizer updated at one step), and
@@ -78,10 +86,10 @@ class FlopCounter(Callback):
         self._batch_key: Any = None
 
     # ------------------------------------------------------------------------------------------- dispatch modes
-    def _enter(self) -> Any:
+    def _enter(self, on_count: Any = None) -> Any:
         from cl.analysis.flops import LightFlopCounter
 
-        mode = LightFlopCounter()
+        mode = LightFlopCounter(on_count)
         mode.__enter__()
         return mode
 
@@ -109,7 +117,7 @@ class FlopCounter(Callback):
         self._world = _world_size()
         self._auto_opt = bool(pl_module.automatic_optimization)
         if self.mode == "cached":
-            self._cache = StepCache()  # counts of this fit only (see the module docstring)
+            self._cache = StepCache(pl_module)  # counts of this fit only (see the module docstring)
             self._batch_key = None
             self._patch_profiler(trainer.profiler)
         self._resume_base()
@@ -139,6 +147,7 @@ class FlopCounter(Callback):
                     f"FlopCounter: {untraced} training steps whose fingerprint was never traced are not counted"
                 )
             self.untraced_steps += untraced
+            cache.close()
             self._cache = None
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
@@ -181,7 +190,7 @@ class FlopCounter(Callback):
     def _open_step(self) -> None:
         self._pause_base()
         if self._cache.open_window(self._batch_key):
-            self._step = self._enter()
+            self._step = self._enter(self._cache.counted)
             self.traced_steps += 1
 
     def _close_step(self, resume: bool = True) -> None:

@@ -113,7 +113,6 @@ WORKLOADS = {
     "cnn": ["backbone=cnn_small", "method=finetune", "trainer.max_epochs=2", "data.batch_size=32"],
 }
 COMMON = ["logger=none"]
-SIDES = ("engine", "bare", "hand")
 
 
 class Setup:
@@ -125,6 +124,8 @@ class Setup:
 
         self.cfg = compose_config(WORKLOADS[workload] + COMMON, tmp, shrink=False)
         self.engine_cfg = compose_config(WORKLOADS[workload] + COMMON + extra, tmp, shrink=False)
+        off = [*extra, "callbacks.flops=null"]  # the ``engine_off`` side (``--flops-off-side``)
+        self.engine_off_cfg = compose_config(WORKLOADS[workload] + COMMON + off, tmp, shrink=False)
         self.stream, self._method = build(self.cfg)
         self.epochs = int(self.cfg.trainer.max_epochs)
 
@@ -143,12 +144,13 @@ class Setup:
 Result = tuple[float, float, Any]  # wall seconds, CPU seconds, the trained method
 
 
-def engine_run(setup: Setup) -> Result:
+def engine_run(setup: Setup, counter_off: bool = False) -> Result:
     from cl.engine.loop import StreamRunner
 
     with tempfile.TemporaryDirectory() as tmp:
         method = setup.method()
-        runner = StreamRunner(setup.engine_cfg, method, setup.stream, Path(tmp))
+        cfg = setup.engine_off_cfg if counter_off else setup.engine_cfg
+        runner = StreamRunner(cfg, method, setup.stream, Path(tmp))
         runner.evaluate = lambda: ([0.0] * len(setup.stream), [0.0] * len(setup.stream))  # evaluation excluded
         runner.run()
         return runner.train_seconds, runner.train_cpu_seconds, method
@@ -256,11 +258,14 @@ def measure(args: argparse.Namespace) -> dict[str, list[list[float]]]:
     with tempfile.TemporaryDirectory() as tmp:
         setup = Setup(args.workload, extra + args.overrides, Path(tmp))
     sides = {"engine": engine_run, "bare": bare_run, "hand": hand_run}
+    if args.flops_off_side:
+        sides["engine_off"] = lambda s: engine_run(s, counter_off=True)
+    names = list(sides)
     check_identical({name: fn(setup)[2] for name, fn in sides.items()})  # warm-up (imports, allocator, first calls)
     results: dict[str, list[list[float]]] = {k: [] for k in sides}
     for r in range(args.repeats):
         trained = {}
-        for name in SIDES[r % 3 :] + SIDES[: r % 3]:  # rotate which side runs first
+        for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate which side runs first
             wall, cpu, trained[name] = sides[name](setup)
             results[name].append([wall, cpu])
         check_identical(trained)
@@ -270,7 +275,8 @@ def measure(args: argparse.Namespace) -> dict[str, list[list[float]]]:
 def pooled(args: argparse.Namespace) -> dict[str, list[list[float]]]:
     """Run ``args.processes`` worker processes one after the other; their rounds, pooled."""
     flags = ["--repeats", str(args.repeats), "--threads", str(args.threads), "--workload", args.workload]
-    flags += [f"--{k.replace('_', '-')}" for k in ("no_malloc_tuning", "progress_bar", "no_flops") if getattr(args, k)]
+    switches = ("no_malloc_tuning", "progress_bar", "no_flops", "flops_off_side")
+    flags += [f"--{k.replace('_', '-')}" for k in switches if getattr(args, k)]
     out: dict[str, list[list[float]]] = {}
     for i in range(args.processes):
         with tempfile.TemporaryDirectory() as tmp:
@@ -293,6 +299,9 @@ def main() -> None:
     parser.add_argument("--json", help=argparse.SUPPRESS)  # where a worker writes its rounds (--processes)
     parser.add_argument("--progress-bar", action="store_true", help="keep the engine's progress bar on")
     parser.add_argument("--no-flops", action="store_true", help="turn the engine's FLOP counter off")
+    parser.add_argument(
+        "--flops-off-side", action="store_true", help="a 4th side: the engine with its FLOP counter off, same rounds"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: least noise on a shared machine)")
     parser.add_argument("overrides", nargs="*", help="extra config overrides of the engine side")
     args = parser.parse_args()
@@ -308,7 +317,7 @@ def main() -> None:
     print(
         f"workload={args.workload} threads={args.threads} processes={args.processes} repeats={args.repeats} "
         f"malloc_tuning={tuned} progress_bar={args.progress_bar} flops={not args.no_flops} overrides={args.overrides}"
-        "\nweights: engine, bare and hand bit-identical after every round"
+        f"\nweights: {', '.join(results)} bit-identical after every round"
     )
     for name, values in results.items():
         print(f"{name:>6} wall s: {', '.join(f'{v[0]:.3f}' for v in values)}")
@@ -316,6 +325,10 @@ def main() -> None:
     report("engine", results["engine"], results["bare"], "bare", 1.02 if goal else None)
     report("engine", results["engine"], results["hand"], "hand", 1.05 if goal else None)
     report("bare", results["bare"], results["hand"], "hand", None)
+    if "engine_off" in results:
+        report("engine_off", results["engine_off"], results["bare"], "bare", 1.02 if goal else None)
+        report("engine_off", results["engine_off"], results["hand"], "hand", 1.05 if goal else None)
+        report("engine", results["engine"], results["engine_off"], "engine_off", None)
 
 
 if __name__ == "__main__":

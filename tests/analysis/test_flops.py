@@ -53,6 +53,7 @@ def _engine_flops(overrides, tmp_path, mode):
 
 
 CNN = ["backbone=cnn_small"]
+REFS = ("finetune", "simplecil", "linear_probe")
 
 
 @pytest.mark.parametrize(
@@ -72,8 +73,10 @@ CNN = ["backbone=cnn_small"]
         (["method=joint", *CNN], 5),
         # LwF's distillation forward starts at experience 1
         (["method=lwf", *CNN], 5),
+        # the default experiment (CODA-Prompt, tiny ViT, 2 experiences): its prompt components grow per experience
+        (["experiment=coda_digits", *(f"callbacks.{r}_reference=null" for r in REFS)], 2),
     ],
-    ids=["finetune", "er", "derpp", "k_fpf", "ewc", "joint", "lwf"],
+    ids=["finetune", "er", "derpp", "k_fpf", "ewc", "joint", "lwf", "coda_prompt"],
 )
 def test_cached_count_equals_full_count(overrides, traced, tmp_path):
     torch.set_num_threads(1)
