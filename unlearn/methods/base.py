@@ -41,9 +41,12 @@ class UnlearnTask:
     forget_type: str = "class"
     info: dict[str, Any] = field(default_factory=dict)
 
-    def loader(self, dataset: Dataset, shuffle: bool = False, batch_size: int | None = None) -> DataLoader:
+    def loader(
+        self, dataset: Dataset, shuffle: bool = False, batch_size: int | None = None, drop_last: bool = False
+    ) -> DataLoader:
         gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(dataset, batch_size=batch_size or self.batch_size, shuffle=shuffle, generator=gen)
+        size = batch_size or self.batch_size
+        return DataLoader(dataset, batch_size=size, shuffle=shuffle, generator=gen, drop_last=drop_last)
 
     def logits(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Logits masked to the seen classes (the lowest float elsewhere, so softmax gives them 0)."""

@@ -144,6 +144,7 @@ class SSD(UnlearningMethod, Calibratable):
         alpha_relative: float = 0.8,
         cache: bool = True,
         order: str = "reference",
+        drop_last: bool = False,
         auto: Any = None,
         **kwargs: Any,
     ) -> None:
@@ -163,7 +164,9 @@ class SSD(UnlearningMethod, Calibratable):
         check_positive("unlearn_method.lambda", self.lam)
         self.mode, self.batch_size, self.alpha, self.alpha_relative = importance, int(batch_size), alpha, alpha_relative
         self.use_cache = bool(cache)
-        self.order = order
+        if not isinstance(drop_last, bool):
+            raise UnlearnConfigError(f"unlearn_method.drop_last={drop_last!r}; allowed: true or false")
+        self.order, self.drop_last = order, drop_last
         self.auto = AutoConfig.from_config(auto, "unlearn_method.auto")
 
     def resolve_alpha(self, task: UnlearnTask) -> float:
@@ -185,9 +188,12 @@ class SSD(UnlearningMethod, Calibratable):
         from unlearn.importance import cache_path, cache_root, cached, data_digest
 
         forget, full = ordered_pools(task, self.order)
-        imp_f = self.importance(model, task.loader(forget, batch_size=self.batch_size), task)
+        drop = self.drop_last
+        imp_f = self.importance(model, task.loader(forget, batch_size=self.batch_size, drop_last=drop), task)
         shuffle = self.order == "shuffled"
-        full_loader = task.loader(full, shuffle=shuffle, batch_size=self.batch_size)
+        full_loader = task.loader(full, shuffle=shuffle, batch_size=self.batch_size, drop_last=drop)
+        if not self.use_cache:
+            return imp_f, self.importance(model, full_loader, task), False
         key = {
             "variant": self.variant,
             "mode": self.mode,
@@ -196,9 +202,9 @@ class SSD(UnlearningMethod, Calibratable):
             "seed": task.seed if shuffle else None,
             "data": data_digest(list(full.keys)),
             "checkpoint": task.ctx.checkpoint_hash,
+            # absent when false, so the entries cached before the option existed stay valid
+            **({"drop_last": True} if drop else {}),
         }
-        if not self.use_cache:
-            return imp_f, self.importance(model, full_loader, task), False
         path = cache_path(cache_root(task.ctx.run_dir, task.work_dir), task.ctx.checkpoint_hash, key)
         imp_d, hit = cached(path, key, lambda: self.importance(model, full_loader, task))
         return imp_f, imp_d, hit
@@ -227,6 +233,7 @@ class SSD(UnlearningMethod, Calibratable):
             "batch_size": self.batch_size,
             "order": self.order,
             "seed": seed,
+            **({"drop_last": True} if self.drop_last else {}),
         }
 
     def unlearn(self, model: nn.Module, task: UnlearnTask) -> nn.Module:
@@ -243,6 +250,7 @@ class SSD(UnlearningMethod, Calibratable):
         n = dampen(model, imp_f, imp_d, alpha, lam)
         total = sum(v.numel() for v in imp_f.values())
         self.info.update(alpha=alpha, importance=self.mode, order=self.order, importance_cached=hit)
+        self.info["drop_last"] = self.drop_last
         self.info["lambda"] = lam
         self.info.update(selected_parameters=n, selected_fraction=n / max(total, 1))
         return model
