@@ -38,6 +38,13 @@ experience's classes: then class 0, the best-fit class there, is the one not for
 (0.1 with lambda 0.1) forgets class 6, which the held-out classes reject (retain -6.8 points). In the reference batch
 order at alpha 2 the same class keeps forget-test 0.93 (0.55 % selected; experiments/unlearn_cl).
 
+Why it fails on 10-class digits (experiments/unlearn_native/README.md, "Why SSD fails here"; measured): in the reference
+order ``r = I_f / I_D`` is capped near ``n_b(D) / n_b(D_f)`` ~ the number of classes (7.3 on digits, 98 on CIFAR-100),
+and on 10 classes the shared weights' ratios reach the forgotten class's head row, so no alpha separates them; with
+48 classes and the paper's SGD + weight decay the same code meets the native goal for 8 of 10 digits.
+``drop_last=true`` (not the reference's default) leaves out the trailing partial batch, whose squared mean gradient
+dominated I_f for digits-sized classes (64 + 64 + 3 samples).
+
 Which parameters: those with ``requires_grad`` (``kernels.fisher_diagonal`` only differentiates them, and :func:`dampen`
 only touches the tensors it is given). For the prompt methods (e.g. CODA-Prompt in the ``coda_digits`` preset) that is
 the prompt module and the head (77,770 of 528,682 weights); the frozen letters-pretrained ViT is left alone: it was
