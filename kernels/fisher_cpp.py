@@ -132,6 +132,13 @@ def norm(x: Tensor, g: Tensor, weight: Tensor | None, bias: Tensor | None, eps: 
     return True
 
 
+def _along_x(mod: nn.Conv2d, g: Tensor, positions: int) -> bool:
+    """Whether ``csrc/fisher_conv.cpp`` uses its vectors-along-x form (its ``lvec``): stride 1 along x, output rows of
+    whole 32-byte vectors, patch rows K <= positions / 2."""
+    k = mod.weight[0].numel()
+    return mod.stride[1] == 1 and g.shape[3] % (32 // g.element_size()) == 0 and 2 * k <= positions
+
+
 def conv(mod: nn.Conv2d, xs: list[Tensor], gs: list[Tensor], weight: Tensor | None, bias: Tensor | None) -> bool:
     """The per-sample Conv2d rule (``csrc/fisher_conv.cpp``) for inputs ``xs`` and output gradients ``gs`` of ``mod``
     into the weight (shaped like ``mod.weight``) and bias (C_out,) accumulators (None: not selected). Any stride,
@@ -139,14 +146,16 @@ def conv(mod: nn.Conv2d, xs: list[Tensor], gs: list[Tensor], weight: Tensor | No
     ``'valid'`` padded here first, as the torch rule does). False, before adding anything, for what it leaves to the
     torch rule: a module called more than once in the forward (the per-sample gradient sums the calls before it is
     squared), tensors not CPU float32 / float64 of one dtype, a non-contiguous or misshapen accumulator, and depthwise
-    convolutions (one output channel per group) with ``GROUPED_MIN_POSITIONS`` or more output positions: the kernel
-    vectorises over a group's output channels, so one channel fills 1 of 8-16 lanes, and the torch rule's
-    grouped-convolution form was faster there (2.6 vs 4.2 ms for 64 channels at 16 x 16, batch 64; the kernel was
-    2.9-4.5x faster at 8 x 8 and for 2-4 channels per group: ``experiments/unlearn_native/README.md``, speed
-    section)."""
+    convolutions (one output channel per group) with ``GROUPED_MIN_POSITIONS`` or more output positions that the
+    kernel's vectors-along-x form does not take (``_along_x``): its patch-row form vectorises over a group's output
+    channels, so one channel fills 1 of 8-16 lanes, and the torch rule's grouped-convolution form was faster there
+    (torch 2.6 vs C++ 4.2 ms for 64 channels at 16 x 16, batch 64, before the vectors-along-x form; that form now
+    takes 16 x 16 in 2.2 ms). Measured: ``experiments/bench/fisher_conv.py``, ``experiments/unlearn_native/README.md``
+    (speed section)."""
     if len(xs) != 1 or xs[0].dim() != 4 or gs[0].dim() != 4 or not _takes(xs[0], gs[0], weight, bias):
         return False
-    if mod.out_channels == mod.groups and gs[0].shape[2] * gs[0].shape[3] >= GROUPED_MIN_POSITIONS:
+    positions = gs[0].shape[2] * gs[0].shape[3]
+    if mod.out_channels == mod.groups and positions >= GROUPED_MIN_POSITIONS and not _along_x(mod, gs[0], positions):
         return False
     if not (_acc_ok(weight, tuple(mod.weight.shape)) and _acc_ok(bias, (mod.out_channels,))):
         return False

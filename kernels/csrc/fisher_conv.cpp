@@ -91,6 +91,49 @@ inline void tile_rows(int r, const T* xp, const int64_t* koff, const int64_t* lo
   }
 }
 
+// Small patch count K (K <= L / 2), stride 1 along x and OW a multiple of a 32-byte vector: the transpose of G above
+// (one scalar copy per element of G per sample) costs more than the products. Here vectors run along the output
+// columns x instead: G[o, (y, x : x + V)] is contiguous in g and U[k, (y, x : x + V)] in the padded input; a tile of
+// LRO output channels x LRK patch rows keeps one vector accumulator per pair, summed across lanes once per sample.
+#if defined(__AVX512F__)
+constexpr int LRO = 4, LRK = 6;  // 24 accumulators + 4 + 1 of 32 registers
+#else
+constexpr int LRO = 2, LRK = 5;  // 10 + 2 + 1 of 16
+#endif
+
+template <typename T>
+struct Vec32 {
+  typedef T type __attribute__((vector_size(32)));
+};
+
+template <typename T>
+inline void ltile(const T* const* __restrict__ grow, const T* __restrict__ xp, const int64_t* __restrict__ koff,
+                  int64_t oh, int64_t ow, int64_t ystep, T* __restrict__ acc, int64_t lda, int ro, int rk) {
+  using V = typename Vec32<T>::type;
+  constexpr int L = 32 / sizeof(T);
+  const V zero = {};
+  V a[LRO][LRK];
+  for (int r = 0; r < LRO; ++r)
+    for (int k = 0; k < LRK; ++k) a[r][k] = zero;
+  for (int64_t y = 0; y < oh; ++y)
+    for (int64_t x0 = 0; x0 < ow; x0 += L) {
+      V gv[LRO];
+      for (int r = 0; r < LRO; ++r) std::memcpy(&gv[r], grow[r] + y * ow + x0, 32);
+      const T* xr = xp + y * ystep + x0;
+      for (int k = 0; k < LRK; ++k) {
+        V u;
+        std::memcpy(&u, xr + koff[k], 32);
+        for (int r = 0; r < LRO; ++r) a[r][k] += gv[r] * u;
+      }
+    }
+  for (int r = 0; r < ro; ++r)
+    for (int k = 0; k < rk; ++k) {
+      T sum = 0;
+      for (int i = 0; i < L; ++i) sum += a[r][k][i];
+      acc[r * lda + k] += sum * sum;
+    }
+}
+
 struct Geometry {
   int64_t nb, cin, h, w, cout, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, groups;
   int64_t hp() const { return h + 2 * ph; }
@@ -111,10 +154,14 @@ void conv_sqsum_impl(const T* x, const T* g, T* weight, T* bias, const Geometry&
       for (int64_t j = 0; j < s.kw; ++j) koff[(c * s.kh + i) * s.kw + j] = (c * hp + i * s.dh) * wp + j * s.dw;
   for (int64_t y = 0; y < s.oh; ++y)
     for (int64_t xx = 0; xx < s.ow; ++xx) loff[y * s.ow + xx] = y * s.sh * wp + xx * s.sw;
+  // vectors along x (ltile) for small K: stride 1 along x, whole vectors per output row, K <= L / 2 (measured:
+  // experiments/unlearn_native/README.md, speed section; kernels/fisher_cpp.py _along_x states the same condition)
+  const bool lvec = s.sw == 1 && s.ow % (32 / int64_t(sizeof(T))) == 0 && 2 * nk <= nl;
   std::mutex merge;
   at::parallel_for(0, s.nb, 1, [&](int64_t begin, int64_t end) {  // one call per thread: its samples [begin, end)
     std::vector<T> acc(weight != nullptr ? s.groups * nk * opad : 0, T(0)), bacc(bias != nullptr ? s.cout : 0, T(0));
-    std::vector<T> xpad(weight != nullptr ? s.cin * hp * wp : 0, T(0)), gt(weight != nullptr ? nl * opad : 0, T(0));
+    std::vector<T> xpad(weight != nullptr ? s.cin * hp * wp : 0, T(0)), gt(weight != nullptr && !lvec ? nl * opad : 0);
+    std::vector<T> lacc(weight != nullptr && lvec ? s.cout * nk : 0, T(0)), zeros(lvec ? nl : 0, T(0));
     for (int64_t b = begin; b < end; ++b) {
       const T* gb = g + b * s.cout * nl;
       if (bias != nullptr)
@@ -128,7 +175,21 @@ void conv_sqsum_impl(const T* x, const T* g, T* weight, T* bias, const Geometry&
       for (int64_t c = 0; c < s.cin; ++c)  // interior of the padded copy (the border stays zero)
         for (int64_t y = 0; y < s.h; ++y)
           std::memcpy(&xpad[(c * hp + y + s.ph) * wp + s.pw], xb + (c * s.h + y) * s.w, s.w * sizeof(T));
-      for (int64_t gi = 0; gi < s.groups; ++gi) {
+      for (int64_t gi = 0; gi < s.groups && lvec; ++gi) {  // vectors along x: no transpose, no padded channels
+        const T* xg = xpad.data() + gi * s.cg() * hp * wp;
+        for (int64_t o0 = 0; o0 < og; o0 += LRO) {
+          const int ro = int(std::min<int64_t>(LRO, og - o0));
+          const T* grow[LRO];
+          for (int r = 0; r < LRO; ++r) grow[r] = r < ro ? gb + (gi * og + o0 + r) * nl : zeros.data();
+          for (int64_t k0 = 0; k0 < nk; k0 += LRK) {
+            const int rk = int(std::min<int64_t>(LRK, nk - k0));
+            int64_t ko[LRK];
+            for (int k = 0; k < LRK; ++k) ko[k] = koff[k < rk ? k0 + k : k0];
+            ltile<T>(grow, xg, ko, s.oh, s.ow, s.sh * wp, lacc.data() + (gi * og + o0) * nk + k0, nk, ro, rk);
+          }
+        }
+      }
+      for (int64_t gi = 0; gi < s.groups && !lvec; ++gi) {
         for (int64_t o = 0; o < og; ++o)
           for (int64_t l = 0; l < nl; ++l) gt[l * opad + o] = gb[(gi * og + o) * nl + l];
         const T* xg = xpad.data() + gi * s.cg() * hp * wp;
@@ -144,7 +205,9 @@ void conv_sqsum_impl(const T* x, const T* g, T* weight, T* bias, const Geometry&
       }
     }
     const std::lock_guard<std::mutex> lock(merge);  // the thread's accumulator into weight (transposed) and bias
-    if (weight != nullptr)
+    if (weight != nullptr && lvec)
+      for (int64_t i = 0; i < s.cout * nk; ++i) weight[i] += lacc[i];
+    if (weight != nullptr && !lvec)
       for (int64_t gi = 0; gi < s.groups; ++gi)
         for (int64_t k = 0; k < nk; ++k)
           for (int64_t o = 0; o < og; ++o) weight[(gi * og + o) * nk + k] += acc[(gi * nk + k) * opad + o];

@@ -136,6 +136,13 @@ CONVS = {  # (B, C_in, H, W), Conv2d keyword arguments
     ),
     "wide_1x1_stride2": ((7, 20, 9, 9), dict(out_channels=40, kernel_size=1, stride=2, bias=False)),
     "cnn_small_second": ((3, 32, 8, 8), dict(out_channels=64, kernel_size=3, padding=1, bias=False)),
+    # few patch rows (K <= L / 4, stride 1 along x, whole vectors per row): the kernel's vectors-along-x form, with
+    # channel and row counts that fill no tile, groups, dilation, a vertical stride, 1x1
+    "small_k_bias": ((3, 2, 16, 16), dict(out_channels=7, kernel_size=3, padding=1)),
+    "small_k_groups_dilation": ((2, 4, 12, 16), dict(out_channels=6, kernel_size=3, padding=2, dilation=2, groups=2)),
+    "small_k_stride_2_1": ((2, 2, 12, 8), dict(out_channels=5, kernel_size=(1, 3), stride=(2, 1), padding=(0, 1))),
+    "small_k_1x1": ((3, 10, 8, 8), dict(out_channels=5, kernel_size=1, bias=False)),
+    "depthwise_16x16": ((2, 4, 16, 16), dict(out_channels=4, kernel_size=3, padding=1, groups=4)),
 }
 
 
@@ -169,7 +176,7 @@ def test_conv_rule_equals_torch_rule_and_per_sample_reference(name: str) -> None
 
 @needs_cpp
 def test_conv_rule_selection_float32_and_what_it_leaves_to_torch() -> None:
-    """Weight or bias alone; float32 within rounding; two calls, depthwise at >= 256 positions and misshapen
+    """Weight or bias alone; float32 within rounding; two calls, depthwise at >= 256 positions not along x and misshapen
     accumulators are not taken (nothing added) and the rule then gives the torch form's result."""
     gen = torch.Generator().manual_seed(11)
     mod = nn.Conv2d(5, 12, 3, padding=1).double()
@@ -185,9 +192,9 @@ def test_conv_rule_selection_float32_and_what_it_leaves_to_torch() -> None:
     mod.double()
     assert not fisher_cpp.conv(mod, [x, x], [g, g], w, None)
     assert not fisher_cpp.conv(mod, [x], [g], torch.zeros(12, 45, dtype=torch.float64), None)
-    dw = nn.Conv2d(4, 4, 3, padding=1, groups=4).double()
-    xd = torch.randn(2, 4, 16, 16, generator=gen, dtype=torch.float64)
-    assert not fisher_cpp.conv(dw, [xd], [torch.ones(2, 4, 16, 16, dtype=torch.float64)], None, None)
+    dw = nn.Conv2d(4, 4, 3, padding=1, groups=4).double()  # 18 x 18 = 324 positions, rows of 18: not along x
+    xd = torch.randn(2, 4, 18, 18, generator=gen, dtype=torch.float64)
+    assert not fisher_cpp.conv(dw, [xd], [torch.ones(2, 4, 18, 18, dtype=torch.float64)], None, None)
     acc = {"weight": torch.zeros_like(mod.weight)}  # two calls through the rule: summed per sample, then squared
     assert conv2d_rule(mod, [x, x], [g, g], acc, SqOps(fisher_cpp.seq_sqsum, vec_sqsum_torch, None, fisher_cpp))
     assert rel_err(acc["weight"], 4 * expect["weight"]) < 1e-12
