@@ -11,12 +11,12 @@ a traced step records every module call through global module hooks (it is trace
 fingerprint, the calls of the modules watched after it (the ones it found included), so that the untraced steps that
 repeat it give the same fingerprint.
 
-Hooking only these modules costs ~0.1 ms per step of the default CODA-Prompt experiment (54 of its 192 module calls
-are watched) where a global pre-hook on every module call cost ~0.4 ms (every module then takes
-``Module._call_impl``'s slow path; microbenchmark in experiments/bench/README.md, stream_overhead section). What it
-gives up: a module that owns no parameters and runs no counted op in a traced step is not in the fingerprint
-(containers, activations, dropout: their work is 0 FLOPs or that of their watched children), nor is a module outside
-the LightningModule called for the first time in an untraced step.
+Hooking only these modules costs ~0.25 ms per step of the default CODA-Prompt experiment (54 of its 192 module calls
+are watched) where a global pre-hook on every module call cost ~1.0-1.3 ms (every module call then takes
+``Module._call_impl``'s slow path; experiments/bench/flop_counter_parts.py, results in experiments/bench/README.md,
+section "Engine overhead"). What it gives up: a module that owns no parameters and runs no counted op in a traced step
+is not in the fingerprint (containers, activations, dropout: their work is 0 FLOPs or that of their watched children),
+nor is a module outside the LightningModule called for the first time in an untraced step.
 
 Check of the rule: two traced steps of one ``fit`` whose fingerprints are equal must count the same FLOPs. If they do
 not, the fingerprint does not determine the step's work here: a warning names the case and every later step of the

@@ -19,8 +19,8 @@ Two modes (``callbacks.flops.mode``), which give the same totals on every method
   grad mode, the shapes and ``requires_grad`` of its positional tensor arguments, its scalar arguments): the modules
   of the LightningModule that own parameters, and every module that a traced step of this ``fit`` called and that
   owns parameters or ran a counted op itself (a parameterless module doing a matmul; a teacher kept outside the
-  LightningModule). Per-module pre-hooks record them (:mod:`cl.callbacks.flop_steps`; ~0.1 ms per step of the
-  default experiment, where a global hook on every module call cost ~0.4 ms). A step is traced in full when the
+  LightningModule). Per-module pre-hooks record them (:mod:`cl.callbacks.flop_steps`; ~0.25 ms per step of the
+  default experiment, where a global hook on every module call cost ~1.0-1.3 ms). A step is traced in full when the
   fingerprint expected for it is unknown: the first step of each batch shape in each ``fit``, and every step after an
   untraced step whose fingerprint turned out new (ER's first replay step: the replay batch changes the forward's
   input shape), until that fingerprint has been traced once; the untraced steps that had it then get its count.
@@ -41,8 +41,8 @@ traced once per experience (~10-20 us per op through Python: a traced step of th
 ~15 ms more than its ~40 ms; 4 of its ~215 steps are traced). A step whose fingerprint was never traced by the end of
 ``fit`` is reported in ``flops_untraced_steps`` (0 in every test). Steps are found through the trainer's profiler
 actions (``run_training_batch``, ``*.train_dataloader_next``); if a Lightning version renamed them, ``cached``
-silently degrades to ``full`` (same totals, slower). Cost on the default experiment: experiments/bench/README.md,
-stream_overhead section.
+silently degrades to ``full`` (same totals, slower). Cost on the default experiment (~1.5 % of a run, by parts):
+experiments/bench/README.md, section "Engine overhead".
 
 Metrics (``metrics.json``): ``flops`` (total training FLOPs of the run so far), ``flops_fit`` (inside ``fit``),
 ``params_updated`` (the largest number of parameters the Lightning optimizer updated at one step), and

@@ -2,12 +2,13 @@
 
 Goals (issue 19): the engine adds at most 2% to a bare Lightning ``Trainer.fit`` per experience, and is at most 1.05x a
 hand-written PyTorch loop, on the default experiment's own step (``--workload coda``: CODA-Prompt on the digits stream,
-the tiny ViT pretrained on letters, frozen, two ViT passes per step, batch 32, 5 experiences x 5 epochs, Adam and the
+the tiny ViT pretrained on letters, frozen, two ViT passes per step, batch 32, 2 experiences x 5 epochs, Adam and the
 reference's per-epoch cosine: conf/experiment/coda_digits.yaml without its finetune reference run). ``--workload cnn``
 (sequential fine-tuning of the small CNN, 2 epochs, batch 32) is kept as information: its steps are ~10x shorter, so
 fixed costs weigh more there.
 
-Three sides train the same initial weights (one deep-copied method) on the same stream, evaluation excluded:
+Three sides (four with ``--flops-off-side``) train the same initial weights (one deep-copied method) on the same
+stream, evaluation excluded:
 
 * ``engine``: ``cl.engine.loop.StreamRunner`` as ``cl.run`` runs it (a Trainer per experience built by
   ``cl/engine/trainer.py``, the FLOP counter in its default ``cached`` mode unless ``--no-flops``, the
@@ -20,8 +21,10 @@ Three sides train the same initial weights (one deep-copied method) on the same 
   shuffle every epoch, as Lightning does), ``on_train_epoch_start`` (the prompt methods keep the frozen ViT in eval
   mode there), and per batch ``training_step``, ``zero_grad``, ``backward``, ``step``; the epoch scheduler after each
   epoch. Timed from ``configure_optimizers`` to the end-of-experience hook.
+* ``engine_off`` (``--flops-off-side``): ``engine`` with the FLOP counter off (``callbacks.flops=null``), in the same
+  rounds, so that the counter's cost is a ratio measured side by side (``engine/engine_off``).
 
-The bench checks that the three sides end with bit-identical weights (every tensor of the method's ``state_dict``,
+The bench checks that the sides end with bit-identical weights (every tensor of the method's ``state_dict``,
 after the warm-up and after every round); it stops with an error otherwise. Sides run interleaved over ``--repeats``
 rounds (the order rotates between rounds, so a load that drifts on a shared machine biases no side); each round gives
 one ratio per pair, reported as median and interquartile range, for wall-clock time (the goal) and the process's CPU
@@ -33,41 +36,12 @@ activations stay in the heap instead of being returned to the OS and faulted in 
 round varied 20x between rounds of the same work otherwise); ``--no-malloc-tuning`` keeps glibc's defaults.
 
     flock -x /tmp/bench.lock python experiments/bench/stream_overhead.py [--workload coda|cnn] [--repeats 10]
-        [--processes 1] [--no-flops] [--progress-bar] [--threads 1] [--no-malloc-tuning] [engine config overrides]
+        [--processes 1] [--no-flops] [--flops-off-side] [--progress-bar] [--threads 1] [--no-malloc-tuning]
+        [engine config overrides]
 
-Measured 2026-12-04 01:00-01:06 UTC on a quiet machine (exclusive lock, load 0.0-1.0, nothing else running), the
-default experiment as it is now (``--workload coda``: 2 experiences x 5 classes, 5 epochs), ``--repeats 5``, 1 thread,
-one process per line; weights bit-identical after every round. Median ratio (IQR):
-
-| FLOPs | engine/bare wall | engine/hand wall | engine/hand CPU | bare/hand CPU |
-|---|---|---|---|---|
-| off (``callbacks.flops=null``) | **0.968x** (0.958-1.002) | **1.021x** (0.969-1.070) | 1.021x | 1.012x |
-| on (cached, the default) | 1.028x (0.994-1.041) | 1.107x (1.043-1.109) | 1.107x | 1.049x |
-
-Both goals are met with the FLOP counter off (engine/bare <= 1.02x, engine/hand <= 1.05x); with it on, the engine
-costs 1.03x a bare ``Trainer.fit`` and 1.11x the hand loop (the counter's tracing and per-module fingerprint, below).
-bare/hand moved 1.01x -> 1.05x between the two processes: process-to-process spread of a few % (see ``--processes``).
-Earlier, under load, on the 5 x 2 stream (``--workload coda5``):
-
-Measured 2026-12-03 (``--workload coda --repeats 5``, 1 thread, one process per line; NOT under the exclusive lock:
-a sweep held the shared lock for an hour, so both ran beside 5 other engineers' jobs at load 10-20 on 2 cores; weights
-bit-identical after every round on both lines). Median ratio (IQR) over the 5 rounds:
-
-| FLOPs | engine/bare wall | engine/bare CPU | engine/hand wall | engine/hand CPU | bare/hand CPU |
-|---|---|---|---|---|---|
-| on (cached) | 1.015x (1.011-1.094) | 1.067x (1.003-1.123) | 1.132x (1.100-1.196) | 1.129x (1.066-1.150) | 1.058x |
-| off | 1.001x (0.998-1.040) | 1.032x (0.994-1.044) | 1.110x (1.030-1.143) | 1.070x (1.060-1.102) | 1.068x |
-
-An earlier pair of runs (same commands, lower load) gave engine/bare 1.126x and engine/hand 1.182x with the counter,
-0.979x and 1.015x without it. Reading: with the counter off the engine meets the 2 % goal over a bare ``Trainer.fit``
-(medians 1.001x wall, 1.03x CPU); the gap to the hand loop is Lightning's own (bare/hand 1.06-1.07x CPU), so the
-1.05x goal is met only on the quieter run. The FLOP counter costs 3-7 % CPU on this workload, measured by parts
-in-process (``cl.engine`` with ``callbacks.flops.mode=cached`` vs ``callbacks.flops=null``, 5 experiences, CPU
-10.2-10.5 s vs 11.05-11.07 s): 10 of 225 steps are traced (the first full and the first partial batch of each
-experience; a traced step costs ~20 ms more than its 40-48 ms), plus ~2.5 us per module call for the fingerprint
-(192 calls per step). Per-experience tracing is needed here: CODA-Prompt's prompt components grow with the
-experience without changing any module's input shapes. Turn the counter off (``callbacks.flops=null``) for timing
-runs where FLOPs are not needed.
+Measurements (with the commands, the load, and before/after the FLOP counter's per-module fingerprint):
+experiments/bench/README.md, section "Engine overhead". Turn the counter off (``callbacks.flops=null``) for timing runs
+where FLOPs are not needed.
 """
 
 from __future__ import annotations
