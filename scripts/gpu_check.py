@@ -14,7 +14,9 @@ overall deadline is skipped):
 5. ``cl.run trainer=ddp (nccl)``: EWC on digits (its Fisher through the Triton kernels on CUDA) under DDP with NCCL,
    on ``min(2, GPUs)`` devices (one GPU still exercises NCCL's process group);
 6. ``bench fisher --device cuda``: ``experiments/bench/fisher.py`` on the tiny ViT (ratios to a training pass);
-7. ``bench prompt_step --device cuda``: ``experiments/bench/prompt_step.py`` (a CODA-Prompt step vs finetune's).
+7. ``bench prompt_step --device cuda``: ``experiments/bench/prompt_step.py`` (a CODA-Prompt step vs finetune's);
+8. ``bench gated_attention --device cuda``: ``experiments/bench/gated_attention.py`` (GCAB's masked class-attention,
+   torch and Triton backends, against ungated SDPA class-attention).
 
 Without a CUDA device it prints the table with every step ``skipped (no CUDA device)`` and exits 0 (``--require-gpu``:
 exit 2). Exit 1 when a step failed or timed out. ``--list`` prints the commands without running them. Logs of every
@@ -67,29 +69,31 @@ def steps(out: Path, n_gpus: int) -> list[Step]:
     small = ["~experiment", "scenario.n_experiences=2", "trainer.max_epochs=1"]
     ddp = max(1, min(2, n_gpus))
     fisher = ["experiments/bench/fisher.py", "--device", "cuda", "--models", "vit", "--threads", "1", "--repeats", "3"]
+    gated = ["-m", "experiments.bench.gated_attention", "--device", "cuda", "--rounds", "7"]
     return [
         Step("device", [PY, "-c", DEVICE_PROBE], 20),
         Step("pytest -m gpu", [PY, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests"], 90),
         Step(
             "cl.run trainer=gpu (default)",
             [*run, "trainer=gpu", f"hydra.run.dir={out / 'default'}"],
-            70,
+            60,
             expect="default/metrics.json",
         ),  # fmt: skip
         Step(
             "cl.run bf16-mixed",
             [*run, *small, "trainer=gpu", "trainer.precision=bf16-mixed", f"hydra.run.dir={out / 'bf16'}"],
-            50,
+            45,
             expect="bf16/metrics.json",
         ),  # fmt: skip
         Step(
             f"cl.run trainer=ddp nccl x{ddp}",
             [*run, *small, "method=ewc", "trainer=ddp", f"trainer.devices={ddp}", f"hydra.run.dir={out / 'ddp'}"],
-            110,
+            90,
             expect="ddp/metrics.json",
         ),  # fmt: skip
-        Step("bench fisher --device cuda", [PY, *fisher], 90),
-        Step("bench prompt_step --device cuda", [PY, "-m", "experiments.bench.prompt_step", "--device", "cuda"], 50),
+        Step("bench fisher --device cuda", [PY, *fisher], 80),
+        Step("bench prompt_step --device cuda", [PY, "-m", "experiments.bench.prompt_step", "--device", "cuda"], 45),
+        Step("bench gated_attention --device cuda", [PY, *gated], 50),
     ]
 
 

@@ -48,8 +48,15 @@ def test_all_decoder_linears_are_adapted_and_merge_keeps_outputs():
     torch.testing.assert_close(model(ids).logits, merged, rtol=0, atol=0)
 
 
-def test_two_experiences_on_a_bf16_base_with_fp32_lora_and_the_penalty():
-    model = _llama(torch.bfloat16)
+CUDA = pytest.param(
+    "cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+)
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+def test_two_experiences_on_a_bf16_base_with_fp32_lora_and_the_penalty(device: str):
+    """On CUDA the penalty takes the sparse CSR path (``penalty_backend=auto``), on CPU the fused C++ pass."""
+    model = _llama(torch.bfloat16).to(device)
     adapters = RegLoRAAdapters(model, "all-linear", rank=4, alpha=8.0, top_percent=2.0, reg_weight=2.5e3, slots=1)
     losses = []
     for t in range(2):
@@ -57,7 +64,7 @@ def test_two_experiences_on_a_bf16_base_with_fp32_lora_and_the_penalty():
         lora_params = [p for p in model.parameters() if p.requires_grad]
         assert lora_params and all(p.dtype == torch.float32 for p in lora_params)
         opt = torch.optim.AdamW(lora_params, lr=5e-3)
-        ids = _sequences(t)
+        ids = _sequences(t).to(device)
         for _ in range(15):
             opt.zero_grad()
             loss = model(input_ids=ids, labels=ids).loss
