@@ -161,10 +161,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=BUDGET_S, help="seconds for all steps together")
     parser.add_argument("--require-gpu", action="store_true", help="exit 2 when no CUDA device is found")
     parser.add_argument("--list", action="store_true", help="print the commands and exit")
+    parser.add_argument(
+        "--only", nargs="+", metavar="PREFIX", help="run only the steps whose name starts with one of these (a rerun)"
+    )
     args = parser.parse_args(argv)
     out = (args.out or ROOT / "logs" / "gpu_check" / time.strftime("%Y-%m-%d_%H-%M-%S")).resolve()
     n_gpus = cuda_devices()
     plan = steps(out, n_gpus)
+    if args.only:
+        plan = [s for s in plan if s.name.startswith(tuple(args.only))]
+        if not plan:
+            parser.error(f"--only {' '.join(args.only)}: no step starts with that; see --list")
     if args.list:
         for step in plan:
             print(f"[{step.limit_s:>3} s] {step.name}: {' '.join(step.cmd)}")

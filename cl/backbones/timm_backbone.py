@@ -74,9 +74,10 @@ class Backbone(nn.Module):
                     f"(a timm/HF .safetensors, .pth or .bin state dict), or set backbone.weights=null and "
                     f"backbone.pretrained=true to use the Hugging Face cache."
                 )
-            kwargs["pretrained_cfg_overlay"] = {"file": str(path), "num_classes": 0}
-            if path.suffix == ".npz":  # an original big_vision/AugReg checkpoint: timm's own npz loader reads it
-                kwargs["pretrained_cfg_overlay"]["custom_load"] = True
+            # custom_load: True for an original big_vision/AugReg .npz (the ViT's own npz loader reads it), else
+            # False explicitly: timm < 1.0.31 keeps the registry's custom_load=True for a state-dict file and fails
+            custom_load = path.suffix == ".npz"
+            kwargs["pretrained_cfg_overlay"] = {"file": str(path), "num_classes": 0, "custom_load": custom_load}
         try:
             self.model = timm.create_model(name, pretrained=load_pretrained, num_classes=0, in_chans=in_chans, **kwargs)
         except (OSError, RuntimeError, ValueError) as err:  # offline hub misses surface as OSError/LocalEntryNotFound

@@ -190,6 +190,9 @@ class KeyPositions(nn.Module):
     ) -> torch.Tensor:
         """``sum_m mean_{S_{<=t}(m)} |(B_m A_m)_ij|`` (the caller divides by the number of matrices); ``backend``:
         ``kernels.key_penalty.BACKENDS``."""
+        first = next(iter(factors.values()), None)
+        if first is not None and first[0].device != self.positions.device:
+            self.to(first[0].device)  # adapters moved after the keys were made: follow them (patterns rebuild)
         patterns = self.patterns(deduplicate)
         terms = [
             gathered_abs_mean(A, B, **patterns[n].arguments(A, backend))

@@ -53,7 +53,8 @@ class RegLoRAAdapters(nn.Module):
             allowed = ", ".join(KEY_PENALTY_BACKENDS)
             raise ValueError(f"method.penalty_backend={penalty_backend!r}; allowed: {allowed}")
         self.penalty_backend = str(penalty_backend)
-        self.keys = KeyPositions(self.targets, slots, self.top_fraction)
+        device = next(iter(model.parameters())).device  # the keys live beside the adapted weights (CUDA included)
+        self.keys = KeyPositions(self.targets, slots, self.top_fraction).to(device)
 
     def resize(self, slots: int) -> None:
         """Key-position storage for ``slots`` experiences (a stream's length - 1); keeps it when already that size."""

@@ -29,6 +29,7 @@ def test_steps_fit_the_budget_and_cover_gpu_tests_benchmarks_and_trainers(tmp_pa
     assert any("pytest -m gpu" in c for c in commands)
     assert any("bench/fisher.py" in c and "--device cuda" in c for c in commands)
     assert any("prompt_step" in c and "--device cuda" in c for c in commands)
+    assert any("gated_attention" in c and "--device cuda" in c for c in commands)
     for needed in ("trainer=gpu", "trainer.precision=bf16-mixed", "trainer=ddp"):
         assert any(needed in c for c in commands), needed
 
@@ -62,3 +63,14 @@ def test_runner_reports_ok_fail_timeout_and_budget(tmp_path) -> None:
     assert len(list(Path(tmp_path).glob("*.log"))) == 4
     text = gpu_check.table(list(results.values()), "header")
     assert text.splitlines()[0] == "header" and "TIMEOUT" in text
+
+
+def test_only_reruns_the_named_steps_and_rejects_unknown_prefixes(monkeypatch, tmp_path) -> None:
+    ran: list[str] = []
+    monkeypatch.setattr(gpu_check, "cuda_devices", lambda: 1)
+    monkeypatch.setattr(gpu_check, "run_steps", lambda plan, *a: ran.extend(s.name for s in plan) or [])
+    monkeypatch.setattr(gpu_check, "table", lambda *a: "")
+    assert gpu_check.main(["--out", str(tmp_path), "--only", "pytest", "bench gated"]) == 0
+    assert ran == ["pytest -m gpu", "bench gated_attention --device cuda"]
+    with pytest.raises(SystemExit):
+        gpu_check.main(["--out", str(tmp_path), "--only", "nothing"])
