@@ -18,9 +18,10 @@ same path; with binarised masks the units outside a mask contribute exact zeros.
 Backends (``backend=``, in GCAB ``method.kernel_backend``): ``reference`` (the literal formula), ``torch`` (the folded
 form above, autograd), ``triton`` (the folded form with the pass over the tokens -- scores, online softmax, weighted
 mean, and their backward -- fused in :mod:`kernels.gated_attention_triton`; CUDA tensors, or CPU tensors under
-``TRITON_INTERPRET=1`` for tests), ``auto`` (``triton`` for CUDA float32/16/bf16 tensors when Triton is installed,
-else ``torch``). The query fold and the value/projection GEMMs stay in torch in every backend (``O(D^2)`` per task
-token). Speed: ``experiments/bench/gated_attention.py``.
+``TRITON_INTERPRET=1`` for tests), ``auto`` (``torch`` on every device: on an H200 the torch form was faster than
+the Triton kernel at inference on all three shapes measured and level in training, experiments/bench/README.md, "On a
+GPU"; select ``triton`` explicitly). The query fold and the value/projection GEMMs stay in torch in every backend
+(``O(D^2)`` per task token). Speed: ``experiments/bench/gated_attention.py``.
 """
 
 from __future__ import annotations
@@ -98,15 +99,8 @@ def triton_available() -> bool:
 
 
 def _attend(backend: str, tokens: Tensor, x: Tensor, qt: Tensor) -> Tensor:
-    if backend == "torch":
+    if backend in ("torch", "auto"):
         return attend_torch(tokens, x, qt)
-    if backend == "auto":
-        fast = x.is_cuda and triton_available()
-        if not fast:
-            return attend_torch(tokens, x, qt)
-        from kernels import gated_attention_triton as gt
-
-        return gt.attend_triton(tokens, x, qt) if gt.usable(tokens, x, qt) else attend_torch(tokens, x, qt)
     if not triton_available():
         raise ValueError("gated_class_attention: backend='triton' needs the triton package (pip install triton)")
     from kernels import gated_attention_triton as gt
