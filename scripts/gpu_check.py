@@ -20,7 +20,12 @@ overall deadline is skipped):
 
 Without a CUDA device it prints the table with every step ``skipped (no CUDA device)`` and exits 0 (``--require-gpu``:
 exit 2). Exit 1 when a step failed or timed out. ``--list`` prints the commands without running them. Logs of every
-step go to ``--out`` (default ``logs/gpu_check/<time>/``).
+step go to ``--out`` (default ``logs/gpu_check/<time>/``); ``--only PREFIX ...`` runs only the steps so named (a rerun).
+
+First run, 2026-12-04, one NVIDIA H200 (torch 2.11.0+cu130, Triton 3.6.0, Lightning 2.6.6): 205 s; it found two
+faults, fixed in 7d84263 (RegLoRA's key positions stayed on the CPU beside CUDA adapters; timm 1.0.29 loaded a local
+state-dict file through the ViT's npz loader), and the rerun of those steps passed (14 GPU tests, the default
+experiment). Timings: experiments/bench/README.md ("On a GPU" sections).
 """
 
 from __future__ import annotations
