@@ -33,10 +33,22 @@ def test_method_trains_two_experiences_on_a_vit_and_checkpoints(make_cfg, tmp_pa
     """Every method through experiences 0 and 1 on the tiny ViT (timm's fused attention), so that what runs only from
     the second experience on (EWC's penalty over its Fisher, LwF's distillation, replay, new prompt components) runs
     too (issue 20: EWC crashed in its second experience and this test trained one experience)."""
+    _two_experiences(make_cfg, tmp_path, method, "+trainer.limit_train_batches=2")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method", METHODS)
+def test_method_trains_two_experiences_on_a_gpu(make_cfg, tmp_path, method):
+    """The same on one CUDA device (``trainer=gpu``): every method's state (buffers, key positions, masks, prompts)
+    must follow the model onto the GPU; the first GPU check found RegLoRA's key positions left on the CPU."""
+    _two_experiences(make_cfg, tmp_path, method, "trainer=gpu", "trainer.limit_train_batches=2")
+
+
+def _two_experiences(make_cfg, tmp_path, method: str, *trainer: str) -> None:
     cfg = make_cfg(
-        f"method={method}", "backbone=vit_tiny", "+trainer.limit_train_batches=2", "scenario.n_experiences=5",
-        *SMALLER.get(method, []),
-    )  # fmt: skip
+        f"method={method}", "backbone=vit_tiny", *trainer, "scenario.n_experiences=5", *SMALLER.get(method, [])
+    )
     stream, model = build(cfg)
     runner = StreamRunner(cfg, model, stream, tmp_path / "run")
     model.setup_stream(stream)
@@ -55,7 +67,7 @@ def test_method_trains_two_experiences_on_a_vit_and_checkpoints(make_cfg, tmp_pa
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / f"task_{last}.ckpt")["state_dict"]
     load_method_state(fresh, state, f"t{last}")
     for k, v in fresh.state_dict().items():
-        assert torch.equal(v, after[k]), k
+        assert torch.equal(v.cpu(), after[k].cpu()), k
 
 
 @pytest.mark.slow  # 82 s at load 18 on 2 cores; the default suite trains EWC through two experiences above

@@ -27,6 +27,7 @@ def test_steps_fit_the_budget_and_cover_gpu_tests_benchmarks_and_trainers(tmp_pa
     assert sum(s.limit_s for s in plan) <= gpu_check.BUDGET_S == 480
     commands = [" ".join(s.cmd) for s in plan]
     assert any("pytest -m gpu" in c for c in commands)
+    assert any(c.endswith("test_every_method_config.py") for c in commands)  # every method on the GPU
     assert any("bench/fisher.py" in c and "--device cuda" in c for c in commands)
     assert any("prompt_step" in c and "--device cuda" in c for c in commands)
     assert any("gated_attention" in c and "--device cuda" in c for c in commands)
@@ -71,6 +72,10 @@ def test_only_reruns_the_named_steps_and_rejects_unknown_prefixes(monkeypatch, t
     monkeypatch.setattr(gpu_check, "run_steps", lambda plan, *a: ran.extend(s.name for s in plan) or [])
     monkeypatch.setattr(gpu_check, "table", lambda *a: "")
     assert gpu_check.main(["--out", str(tmp_path), "--only", "pytest", "bench gated"]) == 0
-    assert ran == ["pytest -m gpu", "bench gated_attention --device cuda"]
+    assert ran == [
+        "pytest -m gpu (kernels, methods' GPU cases)",
+        "pytest -m gpu (every method, 2 experiences)",
+        "bench gated_attention --device cuda",
+    ]
     with pytest.raises(SystemExit):
         gpu_check.main(["--out", str(tmp_path), "--only", "nothing"])
