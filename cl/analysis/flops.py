@@ -51,6 +51,28 @@ class LightFlopCounter(TorchDispatchMode):
 _FORMULAS: dict[Any, tuple[Callable[..., Any], bool]] = {}
 
 
+def _register_cpu_attention() -> None:
+    """torch's ``flop_registry`` has the attention formulas for the CUDA kernels of ``scaled_dot_product_attention``
+    but not for the CPU one (``aten._scaled_dot_product_flash_attention_for_cpu`` and its backward, torch 2.14), so on
+    CPU a ViT's attention counted 0 (``FlopCounterMode`` too) while on GPU it counts. The CPU kernel computes the same
+    two matmuls forward and four backward: it gets the flash kernel's formulas (test: equal to the math backend's
+    ``bmm`` count), registered in torch's registry, so ``FlopCounterMode`` counts it too."""
+    from torch.ops import aten
+    from torch.utils.flop_counter import flop_registry, register_flop_formula
+
+    pairs = (
+        ("_scaled_dot_product_flash_attention_for_cpu", aten._scaled_dot_product_flash_attention),
+        ("_scaled_dot_product_flash_attention_for_cpu_backward", aten._scaled_dot_product_flash_attention_backward),
+    )
+    for name, same in pairs:
+        op = getattr(aten, name, None)
+        if op is not None and op not in flop_registry and same in flop_registry:
+            register_flop_formula(op, get_raw=True)(flop_registry[same])
+
+
+_register_cpu_attention()
+
+
 def _formulas() -> dict[Any, tuple[Callable[..., Any], bool]]:
     """``flop_registry`` as op -> (function, whether it takes shapes): the unwrapped function of a formula wrapped by
     ``shape_wrapper`` (recognised by the wrapper's code object), else the registered callable as it is."""

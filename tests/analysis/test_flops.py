@@ -28,6 +28,30 @@ def test_light_counter_matches_flop_counter_mode(vit):
     assert light == ref.get_total_flops() > 0
 
 
+def test_cpu_attention_counts_as_its_math_form():
+    """``scaled_dot_product_attention`` on CPU (its fused kernel) counts its math form's bmm's forward, and one more
+    ``QK^T`` backward: the fused backward recomputes the scores from the saved logsumexp, as torch's formula for the
+    CUDA flash kernel counts it."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q = torch.randn(2, 3, 17, 8, requires_grad=True)
+    k, v = torch.randn(2, 3, 21, 8, requires_grad=True), torch.randn(2, 3, 21, 8, requires_grad=True)
+
+    def forward():
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+    def step():
+        forward().square().sum().backward()
+
+    one = 2 * 2 * 3 * 17 * 21 * 8  # one (17 x 8) @ (8 x 21) product per head, or (17 x 21) @ (21 x 8)
+    counts = {}
+    for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.MATH):
+        with sdpa_kernel(backend):
+            counts[backend] = count_flops(forward)[1], count_flops(step)[1]
+    assert counts[SDPBackend.MATH] == (2 * one, 6 * one)  # QK^T and AV; backward: two gradients of each
+    assert counts[SDPBackend.FLASH_ATTENTION] == (2 * one, 7 * one)
+
+
 def test_linear_forward_backward_by_hand():
     lin = torch.nn.Linear(10, 20, bias=False)
     x = torch.randn(4, 10, requires_grad=True)
