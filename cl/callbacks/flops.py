@@ -2,11 +2,11 @@
 (Zhao et al., ICML 2023) compare methods on cost.
 
 FLOPs are counted with the formulas of ``torch.utils.flop_counter`` (:class:`cl.analysis.flops.LightFlopCounter`;
-matmuls, convolutions, attention: the ops that dominate; element-wise ops and norms count 0, as in the usual FLOP
-tables) over the Lightning ``fit`` of every experience: every training step with its replay forward passes and
-backward pass, plus anything a method does inside ``fit`` (k-FPF's triggers). Work done after ``fit`` by objects that
-expose ``extra_train_flops()`` (the FPF callback) is added. Not counted: evaluation, and post-``fit`` method hooks
-without ``extra_train_flops`` (EWC's Fisher).
+matmuls, convolutions, attention, the CPU attention kernel included since e325dd3: the ops that dominate; element-wise
+ops and norms count 0, as in the usual FLOP tables) over the Lightning ``fit`` of every experience: every training step
+with its replay forward passes and backward pass, plus anything a method does inside ``fit`` (k-FPF's triggers). Work
+done after ``fit`` by objects that expose ``extra_train_flops()`` (the FPF callback) is added. Not counted: evaluation,
+and post-``fit`` method hooks without ``extra_train_flops`` (EWC's Fisher).
 
 Two modes (``callbacks.flops.mode``), which give the same totals on every method of this repository (tests in
 ``tests/analysis/test_flops.py`` compare them on finetune, ER, DER++, k-FPF, EWC, LwF and CODA-Prompt runs):
