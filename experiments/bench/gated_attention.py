@@ -13,7 +13,8 @@ Run it alone (2 shared CPU cores: ``flock -x /tmp/bench.lock``) and quote the ra
     uptime; flock -x /tmp/bench.lock python -m experiments.bench.gated_attention; uptime
 
 GPU figures need a CUDA machine (``--device cuda``): there the Triton backend (``kernels/gated_attention_triton.py``)
-is timed beside the torch one (``train_gated_triton``, ``infer_gated_triton``); not measured yet (no GPU so far).
+is timed beside the torch one (``train_gated_triton``, ``infer_gated_triton``); measured on an H200, 2026-12-04:
+experiments/bench/README.md, "On a GPU".
 
 Measured 2026-12-03 (CPU, 1 thread; the exclusive lock was not free, so run on the shared machine at load average
 ~3: only the side-by-side ratios count), table in experiments/bench/README.md. Defaults (B=128, N=64+1, D=192, H=3,
