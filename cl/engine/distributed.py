@@ -118,13 +118,21 @@ class ShardedEpochSampler(Sampler[int]):
 
     The permutation of epoch e is ``randperm(n, generator=manual_seed(seed + e))``, padded to a multiple of
     ``world_size`` with its own first entries; the rank is read when iterating (the process group exists by then).
-    Lightning calls :meth:`set_epoch` at every epoch start.
+    Lightning calls :meth:`set_epoch` at every epoch start. ``drop_last_batch=B`` (``data.drop_last=true``, B the
+    global batch) cuts the permutation to ``floor(n / B) * B`` instead: the last, smaller global batch of the epoch
+    is dropped, the same samples for any number of ranks (B is a multiple of ``world_size``).
     """
 
-    def __init__(self, num_samples: int, seed: int, world_size: int) -> None:
+    def __init__(self, num_samples: int, seed: int, world_size: int, drop_last_batch: int = 0) -> None:
         if num_samples < 1:
             raise ValueError(f"ShardedEpochSampler: num_samples={num_samples}; must be positive")
+        if drop_last_batch and num_samples < drop_last_batch:
+            raise ValueError(
+                f"data.drop_last=true with data.batch_size={drop_last_batch} drops every sample of an experience of "
+                f"{num_samples} training samples: use a smaller data.batch_size or data.drop_last=false"
+            )
         self.num_samples, self.seed, self.world_size, self.epoch = num_samples, seed, world_size, 0
+        self.drop_last_batch = int(drop_last_batch)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -132,6 +140,8 @@ class ShardedEpochSampler(Sampler[int]):
     def permutation(self) -> list[int]:
         perm = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(self.seed + self.epoch))
         order = perm.tolist()
+        if self.drop_last_batch:
+            return order[: len(order) - len(order) % self.drop_last_batch]
         pad = -self.num_samples % self.world_size
         return order + order[:pad]
 
@@ -146,6 +156,8 @@ class ShardedEpochSampler(Sampler[int]):
         return iter(self.indices(rank))
 
     def __len__(self) -> int:
+        if self.drop_last_batch:
+            return self.num_samples // self.drop_last_batch * self.drop_last_batch // self.world_size
         return -(-self.num_samples // self.world_size)
 
 

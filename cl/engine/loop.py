@@ -88,13 +88,20 @@ class StreamRunner:
     # ------------------------------------------------------------------------------------------------ data
     def train_loader(self, dataset: Dataset, experience: int, world_size: int = 1) -> DataLoader:
         """Shuffled batches of ``data.batch_size`` (the global batch) split over ``world_size`` processes, in the same
-        order for any number of processes (see cl/engine/distributed.py)."""
+        order for any number of processes (see cl/engine/distributed.py); ``data.drop_last=true`` drops each epoch's
+        last, smaller batch (the prompt methods' reference code does)."""
         data = self.cfg.data
-        sampler = ShardedEpochSampler(len(dataset), int(self.cfg.seed) * 1_000_000 + experience * 1_000, world_size)
+        drop_last = data.get("drop_last", False)
+        if not isinstance(drop_last, bool):
+            raise ValueError(f"data.drop_last={drop_last!r}; allowed: true, false")
+        batch = int(data.batch_size)
+        seed = int(self.cfg.seed) * 1_000_000 + experience * 1_000
+        sampler = ShardedEpochSampler(len(dataset), seed, world_size, batch if drop_last else 0)
         return DataLoader(
             dataset,
-            batch_size=per_rank_batch_size(int(data.batch_size), world_size),
+            batch_size=per_rank_batch_size(batch, world_size),
             sampler=sampler,
+            drop_last=drop_last,  # a no-op after the sampler's cut; read by k-FPF's step plan
             num_workers=int(data.num_workers),
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,

@@ -47,6 +47,27 @@ def test_ranks_together_see_the_one_process_batches(n: int, global_batch: int, w
                 assert set(extra) <= set(single.indices(0)[: -n % world])
 
 
+@pytest.mark.parametrize(("n", "global_batch", "world"), [(37, 8, 2), (50, 12, 4), (29, 6, 3), (48, 16, 2)])
+def test_drop_last_drops_the_same_last_partial_batch_for_any_world_size(n: int, global_batch: int, world: int) -> None:
+    """``data.drop_last=true``: only full global batches, the first floor(n / B) of the 1-process order, split over
+    the ranks as without it; nothing padded."""
+    keep = ShardedEpochSampler(n, seed=7, world_size=1)
+    single = ShardedEpochSampler(n, seed=7, world_size=1, drop_last_batch=global_batch)
+    multi = ShardedEpochSampler(n, seed=7, world_size=world, drop_last_batch=global_batch)
+    full = n // global_batch * global_batch
+    for epoch in (0, 1):
+        for s in (keep, single, multi):
+            s.set_epoch(epoch)
+        assert single.indices(0) == keep.indices(0)[:full] and len(single) == full
+        assert len(multi) == full // world and all(len(multi.indices(r)) == full // world for r in range(world))
+        one = _batches(single.indices(0), global_batch)
+        per_rank = [_batches(multi.indices(r), global_batch // world) for r in range(world)]
+        for step, batch in enumerate(one):
+            assert [per_rank[r][step][i] for i in range(global_batch // world) for r in range(world)] == batch
+    with pytest.raises(ValueError, match="data.drop_last=true with data.batch_size=64"):
+        ShardedEpochSampler(40, seed=0, world_size=1, drop_last_batch=64)
+
+
 def test_each_epoch_and_seed_draws_its_own_order() -> None:
     s = ShardedEpochSampler(100, seed=3, world_size=1)
     first = s.indices(0)
