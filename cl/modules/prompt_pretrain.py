@@ -122,13 +122,18 @@ def pretrain(
     lr: float = 3e-3,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Train ``Backbone(**backbone_kwargs)`` on the letters and write its state dict to ``out``; returns stats."""
+    """Train ``Backbone(**backbone_kwargs)`` on the letters and write its state dict to ``out``; returns stats.
+
+    Trained by Lightning's ``Trainer`` on one CPU device whatever the run's trainer, so the weights do not depend on
+    the machine's accelerator (recipe: :mod:`cl.modules.letters_classifier`)."""
     import time
 
+    import lightning as L
     import torch
-    import torch.nn.functional as F
+    from torch.utils.data import DataLoader, TensorDataset
 
     from cl.backbones import Backbone
+    from cl.modules.letters_classifier import EpochPermutation, LettersClassifier
     from cl.utils.atomic import write_with
 
     start = time.perf_counter()
@@ -138,31 +143,23 @@ def pretrain(
         in_chans = int(kwargs.get("in_chans", 1))
         x, y = render_letters(samples_per_class, int(kwargs.get("img_size") or 16), seed)
         x = x.expand(-1, in_chans, -1, -1).contiguous()
-        net = Backbone(**kwargs)
-        head = torch.nn.Linear(net.num_features, len(LETTERS))
-        params = list(net.parameters()) + list(head.parameters())
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
         steps = epochs * ((len(y) + batch_size - 1) // batch_size)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
-        gen = torch.Generator().manual_seed(seed)
-        net.train()
-        correct = total = 0
-        for _ in range(epochs):
-            order = torch.randperm(len(y), generator=gen)
-            correct = total = 0
-            for i in range(0, len(y), batch_size):
-                b = order[i : i + batch_size]
-                logits = head(net(x[b]))
-                loss = F.cross_entropy(logits, y[b], label_smoothing=0.1)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sched.step()
-                correct += int((logits.argmax(1) == y[b]).sum())
-                total += len(b)
-        state = {k: v.detach().clone() for k, v in net.model.state_dict().items()}
+        module = LettersClassifier(Backbone(**kwargs), len(LETTERS), lr, steps)
+        order = EpochPermutation(len(y), torch.Generator().manual_seed(seed))
+        loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, sampler=order)
+        trainer = L.Trainer(
+            accelerator="cpu",
+            devices=1,
+            max_epochs=epochs,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        trainer.fit(module, loader)
+        state = {k: v.detach().clone() for k, v in module.net.model.state_dict().items()}
         write_with(out, lambda tmp: torch.save(state, tmp))
-    stats = {"train_acc_last_epoch": correct / max(total, 1), "seconds": time.perf_counter() - start}
+    stats = {"train_acc_last_epoch": module.correct / max(module.total, 1), "seconds": time.perf_counter() - start}
     log.info("pretrained %s on letters: %s -> %s", kwargs.get("name"), stats, out)
     return stats
 
