@@ -7,17 +7,20 @@ How a DDP unlearning run works (the ``cl.run`` side is described in ``cl/engine/
   ``python -m unlearn.run ...`` for ranks 1..N-1 with ``hydra.run.dir=<rank 0's run dir> hydra.output_subdir=null``
   (Lightning's subprocess launcher); under SLURM one task per device is started by SLURM. Every rank loads the same
   checkpoint and makes the same split. Lightning ``Trainer`` s started later (``retrain`` replays the training run
-  through ``cl.engine.loop``) find the process group and train with DDP as ``cl.run`` does.
+  through ``cl.engine.loop``, the baselines through unlearn/training.py) find the process group and train with DDP as
+  ``cl.run`` does.
 * **Importances** (SSD, LFSSD): :func:`batch_share` gives rank r the batches r, r + W, ... of the 1-process loader and
   ``kernels.fisher_diagonal`` all-reduces the sums and the sample / batch counts, so the importance is the 1-process
   one up to the order of float sums (both the batch-mean and the per-sample estimates). LFSSD's batch mode takes a
   square root per batch and stays unsharded: every rank does the whole pass, and the all-reduce of identical sums and
   counts leaves it exact.
-* **Training-based baselines** (finetune, random_label, gradient_ascent, bad_teacher): ``train_epochs`` iterates
-  :func:`rank_share_loader` (each 1-process batch, drawn from the same seeded generator, split ``[rank::W]`` over the
-  ranks) and :func:`average_gradients` after each backward (what DDP's all-reduce does), so with per-sample mean
-  losses the step is the 1-process step. Bounded difference: a batch whose size is not a multiple of W (the last one of
-  an epoch) is padded with at most W - 1 of its own samples. ``retrain`` uses the engine's Lightning DDP.
+* **Training-based baselines** (finetune, random_label, gradient_ascent, bad_teacher) train with Lightning's
+  ``Trainer`` built from the run's trainer config (unlearn/training.py), which finds the process group and trains with
+  DDP; their loader is the engine's ``ShardedEpochSampler`` with the global batch split over the ranks, so every step
+  holds the 1-process step's samples and DDP's gradient average gives the 1-process step for per-sample-mean losses.
+  Bounded difference: when the dataset's size is not a multiple of W, each epoch's permutation is padded with at most
+  W - 1 of its own first samples (all in the last step). The relearning attack (unlearn/relearn.py) runs on every rank
+  alone (one-device Trainer, no collective). ``retrain`` uses the engine's Lightning DDP.
 * **Evaluation once.** :func:`evaluate_once`: rank 0 evaluates (pools, MIA, probe); the per-experience accuracies are
   sharded over all ranks (``cl.engine.evaluate``, exact counts); the result and rank 0's RNG state are broadcast, so
   every rank holds the same report and continues with the 1-process RNG state. Only rank 0 writes splits, the report,
@@ -77,23 +80,6 @@ def start_processes(cfg: Any) -> int:
     return rank_and_world()[1]
 
 
-class _RankShare(Sampler[list[int]]):
-    """Each batch of ``batches`` padded to a multiple of ``world`` with its own first items, rank ``rank``'s rows
-    ``[rank::world]`` (so row i of rank r is row ``i * world + r`` of the 1-process batch)."""
-
-    def __init__(self, batches: Iterable[list[int]], rank: int, world: int) -> None:
-        self.batches, self.rank, self.world = batches, rank, world
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for batch in self.batches:
-            batch = list(batch)
-            batch = batch + (batch * self.world)[: -len(batch) % self.world]
-            yield batch[self.rank :: self.world]
-
-    def __len__(self) -> int:
-        return len(self.batches)  # type: ignore[arg-type]
-
-
 class _EveryNth(Sampler[list[int]]):
     """The batches ``rank, rank + world, ...`` of ``batches``."""
 
@@ -122,38 +108,12 @@ def _resampled(loader: DataLoader, batch_sampler: Sampler[list[int]]) -> DataLoa
     )
 
 
-def rank_share_loader(loader: Any) -> Any:
-    """Under DDP, this rank's share of every batch of ``loader`` (a ``DataLoader``); ``loader`` itself when alone."""
-    rank, world = rank_and_world()
-    if world == 1 or not isinstance(loader, DataLoader) or loader.batch_sampler is None:
-        return loader
-    return _resampled(loader, _RankShare(loader.batch_sampler, rank, world))
-
-
 def batch_share(data: Any) -> Any:
     """Under DDP, the whole batches ``rank::world`` of a ``DataLoader``; anything else (or alone) unchanged."""
     rank, world = rank_and_world()
     if world == 1 or not isinstance(data, DataLoader) or data.batch_sampler is None:
         return data
     return _resampled(data, _EveryNth(data.batch_sampler, rank, world))
-
-
-@torch.no_grad()
-def average_gradients(model: nn.Module) -> None:
-    """Average the gradients of ``model`` over the ranks (one all-reduce of all of them); nothing when alone."""
-    rank, world = rank_and_world()
-    if world == 1:
-        return
-    grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    torch.distributed.all_reduce(flat)
-    flat /= world
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
 
 
 def evaluate_once(model: nn.Module, task: Any, eval_batch_size: int, probe: bool) -> dict[str, Any]:

@@ -10,7 +10,9 @@ Methods to Evaluate Robust Unlearning in LLMs", arXiv 2402.16835) and of SSD's f
 
 Choices (``conf/unlearn.yaml`` ``eval.relearn``): SGD with momentum 0.9, cross-entropy of the masked evaluation
 logits (:meth:`UnlearnTask.logits`), the model's trainable parameters (``requires_grad``), batches drawn with
-replacement-free seeded shuffling, the model in eval mode (batch-norm statistics and dropout fixed: the attack changes
+replacement-free seeded shuffling (:func:`fine_tune_steps`: Lightning's ``Trainer``, as every training loop of the
+project, on the run's accelerator and precision, one process: under DDP each rank runs the same attack), the model in
+eval mode (batch-norm statistics and dropout fixed: the attack changes
 weights only, so a few one-class batches do not corrupt the running statistics). The unlearned model itself is never
 changed (the attack works on a deep copy). Report keys: ``relearn`` (samples, steps, accuracies per step, step 0 =
 the unlearned model) and the scalar ``relearn_forget_acc`` (forget-test accuracy after the last step; forget-held-out
@@ -21,10 +23,13 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 
@@ -61,6 +66,48 @@ def _accuracy(model: nn.Module, task: Any, dataset: Any, batch_size: int) -> flo
     return correct / len(dataset)
 
 
+class _AtSteps(Callback):
+    """Calls ``on_step(step)`` after each optimizer step whose cumulative count is in ``steps``."""
+
+    def __init__(self, steps: list[int], on_step: Callable[[int], None]) -> None:
+        self.steps, self.on_step = set(steps), on_step
+
+    def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
+        if trainer.global_step in self.steps:
+            self.on_step(int(trainer.global_step))
+
+
+def fine_tune_steps(
+    net: nn.Module,
+    data: Any,
+    loss: Callable[[nn.Module, tuple[Any, ...]], torch.Tensor],
+    *,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    steps: list[int],
+    on_step: Callable[[int], None],
+    trainer_cfg: Any,
+    device: torch.device,
+) -> None:
+    """``steps[-1]`` SGD steps (momentum 0.9) of ``loss`` on ``net`` with Lightning's ``Trainer`` on ``device`` alone
+    (unlearn/training.py; under DDP every rank runs the same attack), ``on_step(k)`` after step k of ``steps``. Batches:
+    seeded replacement-free passes over ``data``, one generator for all passes (each pass reshuffles). The mode of
+    ``net`` is left as it is (eval: the attack changes weights only)."""
+    from torch.utils.data import DataLoader
+
+    from unlearn.training import LossModule, fit, unlearn_trainer
+
+    gen = torch.Generator().manual_seed(int(seed))
+    loader = DataLoader(data, batch_size=int(batch_size), shuffle=True, generator=gen)
+    module = LossModule(net, loss, lambda params: torch.optim.SGD(params, lr=float(lr), momentum=0.9))
+    callbacks = [_AtSteps(steps, on_step)]
+    trainer = unlearn_trainer(trainer_cfg, device=device, max_steps=int(steps[-1]), max_epochs=-1, callbacks=callbacks)
+    with warnings.catch_warnings():  # eval mode is the attack's choice (module docstring), not an oversight
+        warnings.filterwarnings("ignore", r"Found \d+ module\(s\) in eval mode", UserWarning)
+        fit(module, trainer, loader, device)
+
+
 def relearn_attack(model: nn.Module, task: Any, cfg: Any, eval_batch_size: int) -> dict[str, Any]:
     """Run the attack of the module docstring on a copy of ``model``; returns the report keys."""
     from unlearn.data import PoolDataset
@@ -73,32 +120,31 @@ def relearn_attack(model: nn.Module, task: Any, cfg: Any, eval_batch_size: int) 
     steps = [int(s) for s in cfg.steps]
 
     net = copy.deepcopy(model).to(task.device).eval()
-    params = [p for p in net.parameters() if p.requires_grad]
-    if not params:  # nothing a fine-tuning attack could change (e.g. a prototype classifier)
+    if not any(p.requires_grad for p in net.parameters()):  # nothing a fine-tuning attack could change (prototypes)
         return {"relearn": {"skipped": "the model has no trainable parameters"}, "relearn_forget_acc": None}
-    opt = torch.optim.SGD(params, lr=float(cfg.lr), momentum=0.9)
-    gen = torch.Generator().manual_seed(int(task.seed))
-    bs = int(cfg.batch_size)
     out: dict[str, list] = {"steps": [0], "forget_test_acc": [], "forget_heldout_acc": []}
 
-    def measure() -> None:
+    def measure(step: int) -> None:
+        if step:
+            out["steps"].append(step)
         out["forget_test_acc"].append(_accuracy(net, task, forget_test, eval_batch_size))
         out["forget_heldout_acc"].append(_accuracy(net, task, heldout, eval_batch_size))
 
-    measure()
-    done, batches = 0, iter(())
-    while done < steps[-1]:
-        batch = next(batches, None)
-        if batch is None:  # a new seeded pass over the attack samples
-            batches = iter(torch.utils.data.DataLoader(attack, batch_size=bs, shuffle=True, generator=gen))
-            continue
-        x, y = batch[0].to(task.device), torch.as_tensor(batch[1]).to(task.device)
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(task.logits(net, x), y).backward()
-        opt.step()
-        done += 1
-        if done in steps:
-            out["steps"].append(done)
-            measure()
+    def loss(m: nn.Module, batch: tuple[Any, ...]) -> torch.Tensor:
+        return F.cross_entropy(task.logits(m, batch[0]), batch[1])
+
+    measure(0)
+    fine_tune_steps(
+        net,
+        attack,
+        loss,
+        lr=float(cfg.lr),
+        batch_size=int(cfg.batch_size),
+        seed=int(task.seed),
+        steps=steps,
+        on_step=measure,
+        trainer_cfg=task.ctx.cfg.trainer,
+        device=task.device,
+    )
     last = out["forget_test_acc"][-1] if len(forget_test) else out["forget_heldout_acc"][-1]
     return {"relearn": {"samples": len(attack), "heldout_samples": len(heldout), **out}, "relearn_forget_acc": last}

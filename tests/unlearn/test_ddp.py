@@ -2,8 +2,9 @@
 
 * ``ssd``: the importances are sharded by batch and all-reduced, so the unlearned weights equal the 1-process ones up to
   the order of float sums, and the report's accuracies are the same;
-* ``finetune``: each rank trains on its half of every 1-process batch and the gradients are averaged; the only
-  difference is the padding of the epoch's last batch when its size is odd (one duplicated sample), bounded below;
+* ``finetune``: Lightning's Trainer with the run's DDP strategy (unlearn/training.py); each rank trains on its half of
+  every 1-process batch (the engine's sharded sampler) and DDP averages the gradients; the only difference is the
+  padding of the epoch's permutation when its size is odd (one duplicated sample; the fixture avoids it);
 * both: rank 0 alone writes (one report, one checkpoint, the splits; rank 1 only its Hydra log).
 """
 
@@ -139,27 +140,21 @@ def test_finetune_under_two_gloo_processes_trains_like_one_process(trained, tmp_
     assert moved > 1e3 * max(worst, 1e-9)
 
 
-def test_rank_shares_rebuild_the_one_process_batches(monkeypatch):
-    """Rank r's share of a batch is rows r, r + W, ... (a batch of odd size is padded with its own first rows); for
-    importances whole batches go round-robin; the seeded generator gives the 1-process permutation on every rank."""
+def test_batch_shares_rebuild_the_one_process_batches(monkeypatch):
+    """For importances whole batches go round-robin; the seeded generator gives the 1-process permutation on every
+    rank (the training loader's shares: tests/unlearn/test_training.py)."""
     from torch.utils.data import DataLoader, TensorDataset
 
     import unlearn.distributed as ud
 
     data = TensorDataset(torch.arange(11), torch.zeros(11))
     one = [b[0].tolist() for b in DataLoader(data, 4, shuffle=True, generator=torch.Generator().manual_seed(5))]
-    shares, rounds = [], []
+    rounds = []
     for rank in range(2):
         monkeypatch.setattr(ud, "rank_and_world", lambda r=rank: (r, 2))
         loader = DataLoader(data, 4, shuffle=True, generator=torch.Generator().manual_seed(5))
-        shares.append([b[0].tolist() for b in ud.rank_share_loader(loader)])
-        loader = DataLoader(data, 4, shuffle=True, generator=torch.Generator().manual_seed(5))
         rounds.append([b[0].tolist() for b in ud.batch_share(loader)])
     assert sorted(sum(one, [])) == list(range(11)) and [len(b) for b in one] == [4, 4, 3]
-    for step, batch in enumerate(one):
-        rows = [i for pair in zip(shares[0][step], shares[1][step], strict=True) for i in pair]
-        assert rows[: len(batch)] == batch
-        assert rows[len(batch) :] == batch[: len(rows) - len(batch)]  # padding: the batch's own first rows
     assert rounds == [[one[0], one[2]], [one[1]]]
 
 

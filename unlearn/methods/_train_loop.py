@@ -2,8 +2,10 @@
 
 Each trains every trainable parameter of the model for ``epochs`` passes over one dataset built from the task, with one
 loss on the masked logits (:meth:`UnlearnTask.logits`), using ``optimizer`` (``sgd`` with momentum 0.9, or ``adam``) at
-learning rate ``lr``; the options are checked when the method is built. A baseline only says which data
-(:meth:`TrainingBaseline.data`) and, if not cross-entropy, which loss (:meth:`TrainingBaseline.loss`).
+learning rate ``lr``, in batches of the run's ``data.batch_size``; the options are checked when the method is built.
+Training is Lightning's ``Trainer`` on the run's devices (:meth:`UnlearnTask.train`, unlearn/training.py: epoch e
+visits the seeded permutation ``seed + e``; under DDP the same samples per step as one process). A baseline only says
+which data (:meth:`TrainingBaseline.data`) and, if not cross-entropy, which loss (:meth:`TrainingBaseline.loss`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from unlearn.methods.base import (
     check_choice,
     check_positive,
     make_optimizer,
-    train_epochs,
 )
 
 
@@ -45,7 +46,8 @@ class TrainingBaseline(UnlearningMethod):
         return F.cross_entropy(task.logits(model, batch[0]), batch[1])
 
     def unlearn(self, model: nn.Module, task: UnlearnTask) -> nn.Module:
-        opt = make_optimizer(self.optimizer, [p for p in model.parameters() if p.requires_grad], self.lr)
-        loader = task.loader(self.data(task), shuffle=True)
-        train_epochs(model, loader, lambda m, b: self.loss(task, m, b), opt, self.epochs, task.device)
+        def optimizer(params: list[nn.Parameter]) -> torch.optim.Optimizer:
+            return make_optimizer(self.optimizer, params, self.lr)
+
+        task.train(model, self.data(task), lambda m, b: self.loss(task, m, b), optimizer, self.epochs)
         return model

@@ -2,7 +2,9 @@
 ("blindspot"/"teacher"): the student (the trained model) is distilled, with KL divergence at temperature ``T``, from
 the competent teacher (a frozen copy of the trained model) on retain samples and from an incompetent teacher on forget
 samples. The incompetent teacher is the run's own randomly initialised model (``initial.ckpt``). Data: D_f plus a
-random ``retain_fraction`` (0.3) of D_r; reference: 1 epoch, Adam lr 1e-4, batch 256 (128 for ViT), T = 1."""
+random ``retain_fraction`` (0.3) of D_r; reference: 1 epoch, Adam lr 1e-4, batch 256 (128 for ViT), T = 1. Trained with
+Lightning's ``Trainer`` on the run's devices (:meth:`UnlearnTask.train`); under DDP ``batch_size`` is the global batch
+(checked to be a multiple of the number of processes)."""
 
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import ConcatDataset, Subset
 
+from unlearn.context import UnlearnConfigError
 from unlearn.methods._datasets import Flagged
-from unlearn.methods.base import UnlearningMethod, UnlearnTask, check_positive, make_optimizer, train_epochs
+from unlearn.methods.base import UnlearningMethod, UnlearnTask, check_positive, make_optimizer
 
 
 class BadTeacher(UnlearningMethod):
@@ -39,6 +42,17 @@ class BadTeacher(UnlearningMethod):
         self.epochs, self.lr, self.batch_size = int(epochs), float(lr), int(batch_size)
         self.temperature, self.retain_fraction = float(temperature), min(float(retain_fraction), 1.0)
 
+    def check(self, task: UnlearnTask) -> None:
+        super().check(task)
+        from unlearn.distributed import requested_world_size
+
+        world = requested_world_size(task.ctx.cfg.trainer)
+        if self.batch_size % world:  # each DDP rank loads batch_size / world samples per step (unlearn/training.py)
+            raise UnlearnConfigError(
+                f"unlearn_method.batch_size={self.batch_size} is the global batch and must be a multiple of the number "
+                f"of processes ({world} = trainer.devices x trainer.num_nodes)"
+            )
+
     def unlearn(self, model: nn.Module, task: UnlearnTask) -> nn.Module:
         from unlearn.context import load_initial_weights
 
@@ -58,8 +72,8 @@ class BadTeacher(UnlearningMethod):
             s = F.log_softmax(m(x)[:, seen] / T, dim=1)
             return F.kl_div(s, F.softmax(t_logits / T, dim=1), reduction="batchmean")
 
-        opt = make_optimizer("adam", [p for p in model.parameters() if p.requires_grad], self.lr)
-        train_epochs(
-            model, task.loader(data, shuffle=True, batch_size=self.batch_size), loss, opt, self.epochs, task.device
-        )
+        def optimizer(params: list[nn.Parameter]) -> torch.optim.Optimizer:
+            return make_optimizer("adam", params, self.lr)
+
+        task.train(model, data, loss, optimizer, self.epochs, batch_size=self.batch_size)
         return model

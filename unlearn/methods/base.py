@@ -1,10 +1,11 @@
-"""What every unlearning method gets (:class:`UnlearnTask`) and the small training helpers the baselines share.
+"""What every unlearning method gets (:class:`UnlearnTask`) and the small helpers the baselines share.
 
 A method's :meth:`UnlearningMethod.unlearn` receives the trained continual method (a ``ContinualMethod``: backbone +
 head, loaded from the checkpoint) and returns the unlearned one (the same object changed in place, or a new one, e.g.
 ``retrain``). The logits it should use are :meth:`UnlearnTask.logits`: the model's logits masked to the classes the
 checkpoint has seen, as in task-agnostic evaluation. :meth:`UnlearningMethod.check` runs before any work, so that bad
-options stop with a clear message.
+options stop with a clear message. A method that trains calls :meth:`UnlearnTask.train` (Lightning's ``Trainer`` on
+the run's devices, the same samples per step for any number of DDP processes: unlearn/training.py).
 """
 
 from __future__ import annotations
@@ -48,6 +49,31 @@ class UnlearnTask:
         size = batch_size or self.batch_size
         return DataLoader(dataset, batch_size=size, shuffle=shuffle, generator=gen, drop_last=drop_last)
 
+    def train(
+        self,
+        model: nn.Module,
+        dataset: Dataset,
+        loss: Callable[[nn.Module, tuple[Any, ...]], torch.Tensor],
+        optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer],
+        epochs: int,
+        batch_size: int | None = None,
+    ) -> None:
+        """``epochs`` passes of ``loss(model, batch)`` over ``dataset`` (batches of ``batch_size``, default the task's)
+        with Lightning's ``Trainer`` on the run's devices (unlearn/training.py), ``optimizer(trainable parameters)``."""
+        from unlearn.training import fit_epochs
+
+        fit_epochs(
+            model,
+            dataset,
+            loss,
+            optimizer,
+            epochs=int(epochs),
+            batch_size=int(batch_size or self.batch_size),
+            seed=self.seed,
+            trainer_cfg=self.ctx.cfg.trainer,
+            device=self.device,
+        )
+
     def logits(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Logits masked to the seen classes (the lowest float elsewhere, so softmax gives them 0)."""
         out = model(x)
@@ -89,29 +115,3 @@ def make_optimizer(kind: str, params: Any, lr: float, momentum: float = 0.9) -> 
     if kind == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum)
     return torch.optim.Adam(params, lr=lr)
-
-
-def train_epochs(
-    model: nn.Module,
-    loader: DataLoader,
-    loss_fn: Callable[[nn.Module, tuple[Any, ...]], torch.Tensor],
-    optimizer: torch.optim.Optimizer,
-    epochs: int,
-    device: torch.device,
-) -> None:
-    """A plain loop: ``epochs`` passes of ``loss_fn(model, batch)`` with the model in train mode. Under DDP each rank
-    trains on its share of every batch and the gradients are averaged (``unlearn/distributed.py``)."""
-    from unlearn.distributed import average_gradients, rank_share_loader
-
-    was = model.training
-    model.train()
-    model.to(device)
-    loader = rank_share_loader(loader)
-    for _ in range(int(epochs)):
-        for batch in loader:
-            batch = tuple(b.to(device) if torch.is_tensor(b) else b for b in batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss_fn(model, batch).backward()
-            average_gradients(model)
-            optimizer.step()
-    model.train(was)
