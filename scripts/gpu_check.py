@@ -7,7 +7,9 @@ overall deadline is skipped):
 1. ``device``: the CUDA device, capability, bf16 support, Triton's version;
 2. ``pytest -m gpu``: every test marked ``gpu`` (the compiled Triton Fisher kernels and GCAB's gated class-attention
    kernels against their references, RegLoRA's sparse penalty on a bf16 Llama), with ``TRITON_INTERPRET`` unset; then,
-   as its own step, every method through two experiences on the GPU (``tests/methods/test_every_method_config.py``);
+   as their own steps, every method through two experiences on the GPU (``tests/methods/test_every_method_config.py``)
+   and unlearning on the GPU (``tests/unlearn/test_unlearn_gpu.py``: finetune with Lightning's Trainer and the
+   relearning attack against the CPU run, SSD);
 3. ``cl.run trainer=gpu``: the offline default experiment (CODA-Prompt on digits, with its finetune reference) on the
    GPU, fp32;
 4. ``cl.run bf16``: finetune on digits with ``trainer.precision=bf16-mixed``;
@@ -77,31 +79,37 @@ def steps(out: Path, n_gpus: int) -> list[Step]:
     gated = ["-m", "experiments.bench.gated_attention", "--device", "cuda", "--rounds", "7"]
     pytest = [PY, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider"]
     every, every_file = "test_method_trains_two_experiences_on_a_gpu", "tests/methods/test_every_method_config.py"
+    unlearn_file = "tests/unlearn/test_unlearn_gpu.py"
     return [
         Step("device", [PY, "-c", DEVICE_PROBE], 15),
-        Step("pytest -m gpu (kernels, methods' GPU cases)", [*pytest, "tests", "-k", f"not {every}"], 90),
-        Step("pytest -m gpu (every method, 2 experiences)", [*pytest, every_file], 120),
+        Step(
+            "pytest -m gpu (kernels, methods' GPU cases)",
+            [*pytest, "tests", "-k", f"not {every} and not unlearn_gpu"],
+            90,
+        ),
+        Step("pytest -m gpu (every method, 2 experiences)", [*pytest, every_file], 115),
+        Step("pytest -m gpu (unlearning: finetune, relearn, SSD)", [*pytest, unlearn_file], 40),
         Step(
             "cl.run trainer=gpu (default)",
             [*run, "trainer=gpu", f"hydra.run.dir={out / 'default'}"],
-            45,
+            35,
             expect="default/metrics.json",
         ),  # fmt: skip
         Step(
             "cl.run bf16-mixed",
             [*run, *small, "trainer=gpu", "trainer.precision=bf16-mixed", f"hydra.run.dir={out / 'bf16'}"],
-            40,
+            35,
             expect="bf16/metrics.json",
         ),  # fmt: skip
         Step(
             f"cl.run trainer=ddp nccl x{ddp}",
             [*run, *small, "method=ewc", "trainer=ddp", f"trainer.devices={ddp}", f"hydra.run.dir={out / 'ddp'}"],
-            50,
+            40,
             expect="ddp/metrics.json",
         ),  # fmt: skip
-        Step("bench fisher --device cuda", [PY, *fisher], 45),
+        Step("bench fisher --device cuda", [PY, *fisher], 40),
         Step("bench prompt_step --device cuda", [PY, "-m", "experiments.bench.prompt_step", "--device", "cuda"], 35),
-        Step("bench gated_attention --device cuda", [PY, *gated], 40),
+        Step("bench gated_attention --device cuda", [PY, *gated], 35),
     ]
 
 

@@ -75,6 +75,7 @@ def test_only_reruns_the_named_steps_and_rejects_unknown_prefixes(monkeypatch, t
     assert ran == [
         "pytest -m gpu (kernels, methods' GPU cases)",
         "pytest -m gpu (every method, 2 experiences)",
+        "pytest -m gpu (unlearning: finetune, relearn, SSD)",
         "bench gated_attention --device cuda",
     ]
     with pytest.raises(SystemExit):
