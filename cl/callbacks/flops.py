@@ -16,11 +16,12 @@ Two modes (``callbacks.flops.mode``), which give the same totals on every method
 * ``cached`` (default): the same counter, but a training step (Lightning's ``run_training_batch``: the training
   step, backward and optimizer step) whose *fingerprint* was already counted in this ``fit`` is not traced again: its
   FLOPs are the counted ones. The fingerprint of a step is the sequence of its calls of the *watched* modules (module,
-  grad mode, the shapes and ``requires_grad`` of its positional tensor arguments, its scalar arguments): the modules
-  of the LightningModule that own parameters, and every module that a traced step of this ``fit`` called and that
-  owns parameters or ran a counted op itself (a parameterless module doing a matmul; a teacher kept outside the
-  LightningModule). Per-module pre-hooks record them (:mod:`cl.callbacks.flop_steps`; ~0.25 ms per step of the
-  default experiment, where a global hook on every module call cost ~1.0-1.3 ms). A step is traced in full when the
+  grad mode, the shapes and ``requires_grad`` of its positional tensor arguments, its scalar arguments): every module
+  whose own code ran a counted op in a traced step of this ``fit`` (a linear layer; a parameterless module doing a
+  matmul; a teacher kept outside the LightningModule), and the LightningModule's parameter owners that no traced step
+  has called yet (a submodule first called mid-fit); why the others (norms, embeddings) need no watch:
+  :mod:`cl.callbacks.flop_steps`, which records them through each watched module's call slot (48 calls per step of
+  the default experiment, where a global hook saw 192 module calls). A step is traced in full when the
   fingerprint expected for it is unknown: the first step of each batch shape in each ``fit``, and every step after an
   untraced step whose fingerprint turned out new (ER's first replay step: the replay batch changes the forward's
   input shape), until that fingerprint has been traced once; the untraced steps that had it then get its count.
@@ -30,17 +31,17 @@ Two modes (``callbacks.flops.mode``), which give the same totals on every method
   (SGD/Adam/AdamW do no matmuls; an optimizer that does, e.g. Shampoo, needs ``mode=full``).
 
 The rule is the counter's alone (a method declares nothing) and assumes what holds for every method here: within one
-``fit`` (one experience), a step's FLOPs are determined by its calls of the watched modules and their input shapes
-(no data-dependent shapes inside a module, e.g. MoE routing; no matmuls on data-dependent shapes outside modules; no
-module outside the LightningModule called for the first time in an untraced step). Where two traced steps with one
-fingerprint count different FLOPs, the assumption is seen to fail: the counter warns and traces every later step of
-that ``fit`` (``tests/analysis/test_flops_fingerprint.py``: one test per kind of watched module, and this check).
-Counts are not carried from one experience's ``fit`` to the next: an experience may change the work inside a module
-call without changing its inputs' shapes (the prompt methods' growing prompt components), so each kind of step is
-traced once per experience (~10-20 us per op through Python: a traced step of the default experiment runs ~1100 ops,
-~15 ms more than its ~40 ms; 4 of its ~215 steps are traced). A step whose fingerprint was never traced by the end of
-``fit`` is reported in ``flops_untraced_steps`` (0 in every test). Steps are found through the trainer's profiler
-actions (``run_training_batch``, ``*.train_dataloader_next``); if a Lightning version renamed them, ``cached``
+``fit`` (one experience), a step's FLOPs are determined by its calls of the watched modules and their input shapes (no
+data-dependent shapes inside a module, e.g. MoE routing; no matmuls on data-dependent shapes outside modules; no module
+outside the LightningModule called for the first time in an untraced step). Where two traced steps with one fingerprint
+count different FLOPs, the assumption is seen to fail: the counter warns and traces every later step of that ``fit``
+(``tests/analysis/test_flops_fingerprint.py``: one test per kind of watched module, and this check). Counts are not
+carried from one experience's ``fit`` to the next: an experience may change the work inside a module call without
+changing its inputs' shapes (the prompt methods' growing prompt components), so each kind of step is traced once per
+experience (~10-20 us per op through Python: a traced step of the default experiment runs ~1100 ops, ~15 ms more than
+its ~40 ms; 2 of its 210 steps are traced, the first of each experience). A step whose fingerprint was never traced by
+the end of ``fit`` is reported in ``flops_untraced_steps`` (0 in every test). Steps are found through the trainer's
+profiler actions (``run_training_batch``, ``*.train_dataloader_next``); if a Lightning version renamed them, ``cached``
 silently degrades to ``full`` (same totals, slower). Cost on the default experiment (~1.5 % of a run, by parts):
 experiments/bench/README.md, section "Engine overhead".
 
@@ -77,6 +78,7 @@ class FlopCounter(Callback):
         self.untraced_steps = 0
         self.traced_steps = 0  # steps traced with the dispatch mode in cached mode (not checkpointed; diagnostics)
         self._base: Any = None  # the dispatch mode over fit outside cached steps and data fetching
+        self._base_on = False  # whether it is entered now
         self._step: Any = None  # the dispatch mode over one traced step
         self._extra_sources: list[Any] = []
         self._profiler: Any = None
@@ -102,13 +104,22 @@ class FlopCounter(Callback):
         self.flops_fit += flops * self._world
 
     def _pause_base(self) -> None:
-        if self._base is not None:
-            base, self._base = self._base, None
-            self._add(self._exit(base))
+        base = self._base
+        if base is not None and self._base_on:  # one mode object per fit, entered and left around each step
+            self._base_on = False
+            base.__exit__(None, None, None)
+            if base.total:
+                self._add(base.total)
+                base.total = 0
 
     def _resume_base(self) -> None:
-        if self._base is None:
-            self._base = self._enter()
+        if not self._base_on:
+            if self._base is None:
+                from cl.analysis.flops import LightFlopCounter
+
+                self._base = LightFlopCounter()
+            self._base.__enter__()
+            self._base_on = True
 
     # ------------------------------------------------------------------------------------------- lightning hooks
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
@@ -140,6 +151,7 @@ class FlopCounter(Callback):
         if cache is not None and cache.open:  # an exception inside a step: count what ran
             self._close_step(resume=False)
         self._pause_base()
+        self._base = None
         if cache is not None:
             untraced = sum(cache.pending.values())
             if untraced:

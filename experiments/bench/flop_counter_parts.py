@@ -7,11 +7,17 @@ round, and reports per-variant the median of its ratio to the adjacent plain ste
 cancels within a round. The counter's extra work per step is Python per module call or per op, the same at any batch
 size: ``--rows 2`` measures it on a step ~5x shorter, so with less of the load's noise around it.
 
-* ``fingerprint``: the step inside an untraced window of ``cl.callbacks.flop_steps.StepCache`` (what every step of
-  the cached mode pays: per-module pre-hooks on the watched modules, the fingerprint's tuple and its lookup);
+Each variant trains its own deep copy of the prepared method (``Copy``), so that ``plain`` runs on modules with no
+watch or hook at all; ``plain_copy`` is the plain step on another copy (its difference to ``plain`` is the noise).
+
+* ``fingerprint``: the step inside an untraced window of ``cl.callbacks.flop_steps.StepCache`` (the watched modules'
+  recorded calls, the fingerprint's tuple and its lookup);
 * ``global_hook``: the step with a global module pre-hook recording every module call as the counter did before
   commit 595f8d0 (module, grad mode, argument shapes; every module call then takes ``Module._call_impl``'s slow path);
-* ``traced``: the step under the ``LightFlopCounter`` dispatch mode (the counter's traced steps: 4 of ~215 per run).
+* ``traced``: the step under the ``LightFlopCounter`` dispatch mode (the counter's traced steps: 2 of 210 per run);
+* ``counter``: everything ``FlopCounter`` does around an untraced step of ``fit`` (the fingerprint, the dispatch mode
+  left and entered again around the step and around data fetching, the batch's structure, the parameters-updated
+  count), driven through the calls Lightning makes: what every untraced step of the cached mode pays.
 
     flock -x /tmp/bench.lock python experiments/bench/flop_counter_parts.py [--rounds 240] [--rows 2]
 
@@ -21,6 +27,7 @@ Results: experiments/bench/README.md, section "Engine overhead".
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import tempfile
@@ -35,6 +42,27 @@ import torch  # noqa: E402
 from experiments.bench.stream_overhead import Setup, tune_malloc  # noqa: E402
 
 
+class Copy:
+    """One deep copy of the prepared method (experience 0, training mode, its own optimizer): ``step()`` is one plain
+    training step on ``batch``. Each variant that installs hooks on modules gets its own copy, so that the ``plain``
+    step runs on a copy without any hook (a module with a hook takes ``Module._call_impl``'s slow path)."""
+
+    def __init__(self, method: Any, batch: Any) -> None:
+        self.method, self.batch = copy.deepcopy(method), batch
+        conf = self.method.configure_optimizers()
+        self.opt = conf["optimizer"] if isinstance(conf, dict) else conf
+        self.method.train()
+        self.method.on_train_epoch_start()
+
+    def step(self, before_optimizer: Any = None) -> None:
+        out = self.method.training_step(self.batch, 0)
+        self.opt.zero_grad(set_to_none=True)
+        (out["loss"] if isinstance(out, dict) else out).backward()
+        if before_optimizer is not None:
+            before_optimizer()
+        self.opt.step()
+
+
 def variants(setup: Setup, rows: int | None) -> dict[str, Any]:
     from cl.analysis.flops import LightFlopCounter
     from cl.callbacks.flop_steps import StepCache, structure
@@ -42,27 +70,18 @@ def variants(setup: Setup, rows: int | None) -> dict[str, Any]:
     method = setup.method()
     method.on_experience_start(setup.stream.experiences[0])
     batch = [b[:rows] if isinstance(b, torch.Tensor) else b for b in next(iter(setup.loader(method, 0)))]
-    conf = method.configure_optimizers()
-    opt = conf["optimizer"] if isinstance(conf, dict) else conf
-    method.train()
-    method.on_train_epoch_start()
+    bare, watched = Copy(method, batch), Copy(method, batch)
 
-    def plain() -> None:
-        out = method.training_step(batch, 0)
-        opt.zero_grad(set_to_none=True)
-        (out["loss"] if isinstance(out, dict) else out).backward()
-        opt.step()
-
-    cache = StepCache(method)
+    cache = StepCache(watched.method)
     cache.open_window("batch")  # the first step is traced: it finds the modules to watch and learns the fingerprint
     with LightFlopCounter(cache.counted):
-        plain()
+        watched.step()
     cache.close_window()
 
     def fingerprint() -> None:
         if cache.open_window("batch"):
             raise SystemExit("the fingerprint changed between identical steps")
-        plain()
+        watched.step()
         cache.close_window()
 
     def global_hook() -> None:
@@ -73,15 +92,46 @@ def variants(setup: Setup, rows: int | None) -> dict[str, Any]:
             trace.append((id(module), torch.is_grad_enabled(), key))
 
         handle = torch.nn.modules.module.register_module_forward_pre_hook(record)
-        plain()
+        bare.step()
         handle.remove()
         hash(tuple(trace))
 
     def traced() -> None:
         with LightFlopCounter():
-            plain()
+            bare.step()
 
-    return {"plain": plain, "fingerprint": fingerprint, "global_hook": global_hook, "traced": traced}
+    parts = {"plain": bare.step, "plain_copy": Copy(method, batch).step, "fingerprint": fingerprint}
+    parts.update({"global_hook": global_hook, "traced": traced})
+    return {**parts, "counter": whole(Copy(method, batch))}
+
+
+def whole(run: Copy) -> Any:
+    """The ``counter`` variant: the step with everything ``FlopCounter`` (mode ``cached``) does around an untraced
+    step of ``fit``, driven through the calls Lightning makes (the profiler actions of data fetching and of the step,
+    ``on_train_batch_start``, ``on_before_optimizer_step``), from the end of fetching one batch to the start of
+    fetching the next."""
+    from lightning.pytorch.profilers import PassThroughProfiler
+
+    from cl.callbacks.flops import FETCH_SUFFIX, STEP_ACTION, FlopCounter
+
+    trainer = type("Trainer", (), {"profiler": PassThroughProfiler()})()
+    counter, method = FlopCounter(mode="cached"), run.method
+    counter.on_train_start(trainer, method)
+    profiler, fetch = trainer.profiler, "[_TrainingEpochLoop]." + FETCH_SUFFIX
+
+    def step() -> None:
+        profiler.stop(fetch)
+        counter.on_train_batch_start(trainer, method, run.batch, 0)
+        profiler.start(STEP_ACTION)
+        run.step(lambda: counter.on_before_optimizer_step(trainer, method, run.opt))
+        profiler.stop(STEP_ACTION)
+        profiler.start(fetch)
+        if counter.traced_steps != 1:
+            raise SystemExit(f"counter: {counter.traced_steps} traced steps, expected the first one only")
+
+    profiler.start(fetch)
+    step()  # the first step is traced
+    return step
 
 
 def main() -> None:
