@@ -2,8 +2,8 @@
 
 Whole-engine runs with the counter on and off (``stream_overhead.py --flops-off-side``) differ by ~1-2 %, less than
 what a shared machine's drifting load does to runs seconds apart. This bench times single training steps (forward,
-backward, Adam step on one batch of experience 0) instead, each variant right after another, order rotated every
-round, and reports per-variant the median of its ratio to the adjacent plain step (thread CPU time), so the drift
+backward, Adam step on one batch of experience 0) instead, each variant right after another, in a new random order every
+round, and reports per-variant the median of its ratio to the same round's plain step (thread CPU time), so the drift
 cancels within a round. The counter's extra work per step is Python per module call or per op, the same at any batch
 size: ``--rows 2`` measures it on a step ~5x shorter, so with less of the load's noise around it.
 
@@ -17,9 +17,11 @@ watch or hook at all; ``plain_copy`` is the plain step on another copy (its diff
 * ``traced``: the step under the ``LightFlopCounter`` dispatch mode (the counter's traced steps: 2 of 210 per run);
 * ``counter``: everything ``FlopCounter`` does around an untraced step of ``fit`` (the fingerprint, the dispatch mode
   left and entered again around the step and around data fetching, the batch's structure, the parameters-updated
-  count), driven through the calls Lightning makes: what every untraced step of the cached mode pays.
+  count), driven through the calls Lightning makes: what every untraced step of the cached mode pays;
+* ``counter_before`` (``--before CHECKOUT``): ``counter`` with the FLOP counter of another checkout (``git worktree
+  add /tmp/before COMMIT``), side by side with this one's.
 
-    flock -x /tmp/bench.lock python experiments/bench/flop_counter_parts.py [--rounds 240] [--rows 2]
+    flock -x /tmp/bench.lock python experiments/bench/flop_counter_parts.py [--rounds 240] [--rows 2] [--before DIR]
 
 Results: experiments/bench/README.md, section "Engine overhead".
 """
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import random
 import statistics
 import sys
 import tempfile
@@ -63,7 +66,7 @@ class Copy:
         self.opt.step()
 
 
-def variants(setup: Setup, rows: int | None) -> dict[str, Any]:
+def variants(setup: Setup, rows: int | None, before: Path | None = None) -> dict[str, Any]:
     from cl.analysis.flops import LightFlopCounter
     from cl.callbacks.flop_steps import StepCache, structure
 
@@ -102,20 +105,42 @@ def variants(setup: Setup, rows: int | None) -> dict[str, Any]:
 
     parts = {"plain": bare.step, "plain_copy": Copy(method, batch).step, "fingerprint": fingerprint}
     parts.update({"global_hook": global_hook, "traced": traced})
-    return {**parts, "counter": whole(Copy(method, batch))}
+    parts["counter"] = whole(Copy(method, batch))
+    if before is not None:
+        parts["counter_before"] = whole(Copy(method, batch), counter_of(before))
+    return parts
 
 
-def whole(run: Copy) -> Any:
+def counter_of(checkout: Path) -> Any:
+    """The ``cl.callbacks.flops`` module of another checkout (e.g. a ``git worktree`` of an earlier commit), loaded
+    under its own names with that checkout's ``flop_steps`` (the rest of ``cl`` is this checkout's)."""
+    import importlib.util
+
+    modules = {}
+    for name in ("flop_steps", "flops"):
+        path = checkout / "cl" / "callbacks" / f"{name}.py"
+        source = path.read_text().replace("from cl.callbacks.flop_steps import", "from before_flop_steps import")
+        spec = importlib.util.spec_from_loader(f"before_{name}", loader=None)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        exec(compile(source, str(path), "exec"), module.__dict__)  # that checkout's own source
+        modules[name] = module
+    return modules["flops"]
+
+
+def whole(run: Copy, flops: Any = None) -> Any:
     """The ``counter`` variant: the step with everything ``FlopCounter`` (mode ``cached``) does around an untraced
     step of ``fit``, driven through the calls Lightning makes (the profiler actions of data fetching and of the step,
     ``on_train_batch_start``, ``on_before_optimizer_step``), from the end of fetching one batch to the start of
     fetching the next."""
     from lightning.pytorch.profilers import PassThroughProfiler
 
-    from cl.callbacks.flops import FETCH_SUFFIX, STEP_ACTION, FlopCounter
+    if flops is None:
+        import cl.callbacks.flops as flops
+    FETCH_SUFFIX, STEP_ACTION = flops.FETCH_SUFFIX, flops.STEP_ACTION
 
     trainer = type("Trainer", (), {"profiler": PassThroughProfiler()})()
-    counter, method = FlopCounter(mode="cached"), run.method
+    counter, method = flops.FlopCounter(mode="cached"), run.method
     counter.on_train_start(trainer, method)
     profiler, fetch = trainer.profiler, "[_TrainingEpochLoop]." + FETCH_SUFFIX
 
@@ -138,15 +163,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=240, help="rounds of one step per variant")
     parser.add_argument("--rows", type=int, default=None, help="train on the batch's first ROWS samples (default: 32)")
+    parser.add_argument("--before", type=Path, help="a checkout whose FlopCounter is timed too (counter_before)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     tune_malloc()
     with tempfile.TemporaryDirectory() as tmp:
-        fns = variants(Setup("coda", ["trainer.enable_progress_bar=False"], Path(tmp)), args.rows)
+        fns = variants(Setup("coda", ["trainer.enable_progress_bar=False"], Path(tmp)), args.rows, args.before)
     names = list(fns)
     times: dict[str, list[float]] = {k: [] for k in names}
-    for r in range(args.rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
+    rng = random.Random(0)
+    for _ in range(args.rounds):
+        # a new random order every round: a rotation kept each variant after the same one (the one after ``traced``
+        # ran ~0.3-0.4 ms slower in that position)
+        for name in rng.sample(names, len(names)):
             start = time.thread_time()
             fns[name]()
             times[name].append(time.thread_time() - start)
