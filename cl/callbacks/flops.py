@@ -42,7 +42,7 @@ experience (~10-20 us per op through Python: a traced step of the default experi
 its ~40 ms; 2 of its 210 steps are traced, the first of each experience). A step whose fingerprint was never traced by
 the end of ``fit`` is reported in ``flops_untraced_steps`` (0 in every test). Steps are found through the trainer's
 profiler actions (``run_training_batch``, ``*.train_dataloader_next``); if a Lightning version renamed them, ``cached``
-silently degrades to ``full`` (same totals, slower). Cost on the default experiment (~1.5 % of a run, by parts):
+silently degrades to ``full`` (same totals, slower). Cost on the default experiment (~1 % of a run, by parts):
 experiments/bench/README.md, section "Engine overhead".
 
 Metrics (``metrics.json``): ``flops`` (total training FLOPs of the run so far), ``flops_fit`` (inside ``fit``),
