@@ -130,6 +130,7 @@ def pretrain(
 
     import lightning as L
     import torch
+    from lightning.fabric.plugins.environments import LightningEnvironment
     from torch.utils.data import DataLoader, TensorDataset
 
     from cl.backbones import Backbone
@@ -147,9 +148,10 @@ def pretrain(
         module = LettersClassifier(Backbone(**kwargs), len(LETTERS), lr, steps)
         order = EpochPermutation(len(y), torch.Generator().manual_seed(seed))
         loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, sampler=order)
-        trainer = L.Trainer(
+        trainer = L.Trainer(  # one local process: no SLURM environment or requeue signal handlers for this fit
             accelerator="cpu",
             devices=1,
+            plugins=[LightningEnvironment()],
             max_epochs=epochs,
             logger=False,
             enable_checkpointing=False,

@@ -52,3 +52,18 @@ def test_pretrain_on_lightning_equals_the_plain_recipe_and_leaves_the_callers_rn
     assert 0.0 <= stats["train_acc_last_epoch"] <= 1.0 and stats["seconds"] > 0
     # the file loads as the backbone's weights
     Backbone(weights=str(out), **KWARGS)
+
+
+def test_pretrain_inside_a_slurm_task_leaves_its_signal_handlers(tmp_path, monkeypatch):
+    """A rank of a SLURM DDP job may pretrain when the weights file is missing: that one-process fit must not take
+    over SLURM's requeue signal (Lightning's SLURM environment installs a SIGUSR1 handler) or check the job's tasks."""
+    import signal
+
+    job = {"NTASKS": "2", "NTASKS_PER_NODE": "2", "JOB_ID": "5", "JOB_NAME": "job", "NODELIST": "localhost"}
+    for k, v in {**job, "PROCID": "1", "LOCALID": "1", "NODEID": "0"}.items():
+        monkeypatch.setenv(f"SLURM_{k}", v)
+    before, installed = signal.getsignal(signal.SIGUSR1), []
+    real = signal.signal
+    monkeypatch.setattr(signal, "signal", lambda num, handler: installed.append((num, handler)) or real(num, handler))
+    pretrain(KWARGS, tmp_path / "w.pt", samples_per_class=1, epochs=1, batch_size=16, seed=0)
+    assert all(h == before for n, h in installed if n == signal.SIGUSR1)
