@@ -66,10 +66,12 @@ def test_preempted_job_requeues_and_matches_uninterrupted(three_seeds: Path, tmp
     cmd = _cl_run(sweep, "seed=0", f"hydra.launcher.name={name}")
     proc = subprocess.Popen(cmd, cwd=REPO, env=_env(tmp_path), stdout=log, stderr=subprocess.STDOUT, text=True)
     try:
-        ckpt = sweep / "0" / "checkpoints" / "task_1.ckpt"
-        wait_for(ckpt.exists, 240, "the job to finish experience 1")
+        # an experience of this job takes ~0.25 s on a quiet machine: know the job id first, poll the first
+        # checkpoint often and requeue at once, so that the job is preempted with four experiences still to run
+        job_id = wait_for(lambda: squeue(name), 120, "the job in the queue")[0][0]
+        ckpt = sweep / "0" / "checkpoints" / "task_0.ckpt"
+        wait_for(ckpt.exists, 240, "the job to finish experience 0", interval=0.02)
         assert not (sweep / "0" / "checkpoints" / "task_4.ckpt").exists(), "job ended before it could be preempted"
-        job_id = squeue(name)[0][0]
         run(["scontrol", "requeue", job_id], check=True)
         wait_for(lambda: any(j[1] == "PENDING" for j in squeue(name)), 60, f"job {job_id} back in the queue")
         release(job_id)
@@ -78,7 +80,9 @@ def test_preempted_job_requeues_and_matches_uninterrupted(three_seeds: Path, tmp
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert list((sweep / "0").glob("run_info.resume_*.json")), "the requeued job did not resume from a checkpoint"
+    resumed = [p.name for p in (sweep / "0").glob("run_info.resume_*.json")]
+    assert resumed, "the requeued job did not resume from a checkpoint"
+    assert resumed[0] in {f"run_info.resume_{t}.json" for t in range(4)}, resumed  # with experiences left to run
     restarts = run(["scontrol", "show", "job", job_id]).stdout
     assert "Restarts=1" in restarts, restarts
     got = json.loads((sweep / "0" / "metrics.json").read_text())
