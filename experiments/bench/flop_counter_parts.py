@@ -42,7 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
 
-from experiments.bench.stream_overhead import Setup, tune_malloc  # noqa: E402
+from experiments.bench.stream_overhead import tune_malloc  # noqa: E402
+from experiments.bench.stream_sides import Setup  # noqa: E402
 
 
 class Copy:
