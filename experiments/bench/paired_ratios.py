@@ -12,6 +12,11 @@ left is resolved by many units. This module reports, for one pair of sides:
 and a verdict against a goal "A/B <= g": ``met`` when the interval's upper end is at most g, ``missed`` when its lower
 end is above g, else ``not resolved``. The verdict uses the ratio of totals: it is the cost over the whole measured
 work (what "adds x % to a run" means), and with ratios that scatter symmetrically it has the narrower interval.
+
+Units measured in one process share that process's state (memory layout, allocator, caches), and their ratios can
+shift together by ~1 % from one process to the next. With ``groups`` (the process of each unit), the bootstrap
+resamples whole processes (a cluster bootstrap), so that the interval includes that spread; without, it treats the
+units as independent, which is too narrow when processes differ.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class PairedRatio:
     units: int
+    groups: int  # clusters resampled together by the bootstrap (``units`` when none were given)
     median: float
     q1: float
     q3: float
@@ -54,25 +60,37 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
 
 
 def paired_ratio(
-    a: Sequence[float], b: Sequence[float], level: float = 0.95, resamples: int = 4000, seed: int = 0
+    a: Sequence[float],
+    b: Sequence[float],
+    groups: Sequence[int] | None = None,
+    level: float = 0.95,
+    resamples: int = 4000,
+    seed: int = 0,
 ) -> PairedRatio:
-    """Statistics of A/B over paired units (``a[i]`` and ``b[i]`` measured side by side)."""
+    """Statistics of A/B over paired units (``a[i]`` and ``b[i]`` measured side by side); ``groups[i]``: the cluster
+    (process) of unit i, resampled as a whole by the bootstrap."""
     if len(a) != len(b) or not a:
         raise ValueError(f"paired_ratio needs as many A as B times, at least one: got {len(a)} and {len(b)}")
+    if groups is not None and len(groups) != len(a):
+        raise ValueError(f"paired_ratio: {len(groups)} groups for {len(a)} units")
     ratios = [x / y for x, y in zip(a, b, strict=True)]
     q1, med, q3 = quartiles(ratios)
     rng = random.Random(seed)
-    n = len(ratios)
+    clusters: dict[int, list[int]] = {}
+    for i, g in enumerate(groups if groups is not None else range(len(a))):
+        clusters.setdefault(g, []).append(i)
+    members = list(clusters.values())
     medians, totals = [], []
     for _ in range(resamples):
-        idx = [rng.randrange(n) for _ in range(n)]
+        idx = [i for _ in members for i in members[rng.randrange(len(members))]]
         medians.append(statistics.median(ratios[i] for i in idx))
         totals.append(sum(a[i] for i in idx) / sum(b[i] for i in idx))
     medians.sort()
     totals.sort()
     tail = (1.0 - level) / 2
     return PairedRatio(
-        units=n,
+        units=len(a),
+        groups=len(members),
         median=med,
         q1=q1,
         q3=q3,

@@ -36,7 +36,9 @@ with nothing else running; per-experience pairs in random order cut the spread o
 95 % bootstrap CI), the ratio of totals with its 95 % bootstrap CI, and the verdict against the goal from that
 interval (met: upper end <= goal; missed: lower end > goal; else not resolved), for wall-clock time and the process's
 CPU time. One process's ratio varied by several % between processes of the same code (2026-11-29): ``--processes P``
-runs P processes one after the other (process i orders its sides with seed ``--seed`` + i) and pools their units.
+runs P processes one after the other (process i orders its sides with seed ``--seed`` + i) and pools their units; the
+ratio of totals then also gets an interval that resamples whole processes (units of one process shift together), and
+the verdict uses that one. ``--save FILE`` writes every unit's times and process.
 
 glibc's allocator: both sides run with glibc's mmap and trim thresholds fixed high (``mallopt`` at start), so that freed
 activations stay in the heap instead of being returned to the OS and faulted in again (the minor page faults of one
@@ -44,7 +46,8 @@ round varied 20x between rounds of the same work otherwise); ``--no-malloc-tunin
 
     flock -x /tmp/bench.lock python experiments/bench/stream_overhead.py [--workload coda|cnn] [--repeats 10]
         [--processes 1] [--sides engine,bare,hand] [--interleave experience|run] [--seed 0] [--no-flops]
-        [--flops-off-side] [--progress-bar] [--threads 1] [--no-malloc-tuning] [engine config overrides]
+        [--flops-off-side] [--progress-bar] [--threads 1] [--no-malloc-tuning] [--save FILE]
+        [engine config overrides]
 
 Measurements (with the commands, the load, and before/after the FLOP counter's per-module fingerprint):
 experiments/bench/README.md, section "Engine overhead". Turn the counter off (``callbacks.flops=null``) for timing runs
@@ -73,18 +76,33 @@ from experiments.bench.paired_ratios import paired_ratio  # noqa: E402
 from experiments.bench.stream_sides import SIDES, WORKLOADS, Setup, check_identical, drain  # noqa: E402
 
 
-def report(name: str, runs: list[list[float]], ref: list[list[float]], ref_name: str, goal: float | None) -> None:
+def report(
+    name: str,
+    runs: list[list[float]],
+    ref: list[list[float]],
+    ref_name: str,
+    goal: float | None,
+    groups: list[int] | None = None,
+) -> None:
     """Per pair of sides and clock: median seconds per unit, the per-unit ratios' median (IQR, 95 % bootstrap CI),
-    the ratio of totals (95 % CI) and, for wall-clock time, the verdict against the goal
-    (experiments/bench/paired_ratios.py)."""
+    the ratio of totals (95 % CI over units; with several processes also over processes) and, for wall-clock time,
+    the verdict against the goal from the widest of those intervals (experiments/bench/paired_ratios.py)."""
     for i, clock in enumerate(("wall", "cpu")):
         a, b = [x[i] for x in runs], [x[i] for x in ref]
         s = paired_ratio(a, b)
-        mark = f"  goal <= {goal:.2f}x: {s.verdict(goal)}" if goal and clock == "wall" else ""
+        by_process = paired_ratio(a, b, groups) if groups and len(set(groups)) > 1 else None
+        verdict = (by_process or s).verdict(goal) if goal else ""
+        mark = f"  goal <= {goal:.2f}x: {verdict}" if goal and clock == "wall" else ""
+        clustered = (
+            f", CI over {by_process.groups} processes {by_process.total_ci[0]:.4f}-{by_process.total_ci[1]:.4f}"
+            if by_process
+            else ""
+        )
         print(
             f"[{clock:4}] {name + '/' + ref_name:>17}  median {s.median:.3f}x (IQR {s.q1:.3f}-{s.q3:.3f}, "
             f"CI {s.median_ci[0]:.3f}-{s.median_ci[1]:.3f})  total {s.total:.4f}x (CI {s.total_ci[0]:.4f}-"
-            f"{s.total_ci[1]:.4f})  [{statistics.median(a):.3f} s vs {statistics.median(b):.3f} s, n={s.units}]{mark}"
+            f"{s.total_ci[1]:.4f}{clustered})  [{statistics.median(a):.3f} s vs {statistics.median(b):.3f} s, "
+            f"n={s.units}]{mark}"
         )
 
 
@@ -126,13 +144,14 @@ def measure(args: argparse.Namespace) -> dict[str, list[list[float]]]:
     return results
 
 
-def pooled(args: argparse.Namespace) -> dict[str, list[list[float]]]:
-    """Run ``args.processes`` worker processes one after the other; their rounds, pooled."""
+def pooled(args: argparse.Namespace) -> tuple[dict[str, list[list[float]]], list[int]]:
+    """Run ``args.processes`` worker processes one after the other; their units, pooled, and each unit's process."""
     flags = ["--repeats", str(args.repeats), "--threads", str(args.threads), "--workload", args.workload]
     flags += ["--interleave", args.interleave, "--sides", ",".join(args.sides)]
     switches = ("no_malloc_tuning", "progress_bar", "no_flops")
     flags = [f"--{k.replace('_', '-')}" for k in switches if getattr(args, k)] + flags
     out: dict[str, list[list[float]]] = {}
+    groups: list[int] = []
     for i in range(args.processes):
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "rounds.json"
@@ -141,10 +160,11 @@ def pooled(args: argparse.Namespace) -> dict[str, list[list[float]]]:
             rounds = json.loads(path.read_text())
         for name, values in rounds.items():
             out.setdefault(name, []).extend(values)
+        groups += [i] * len(next(iter(rounds.values())))
         if "engine" in rounds and "bare" in rounds:
             engine, bare = (sum(x[0] for x in rounds[k]) for k in ("engine", "bare"))
             print(f"process {i}: engine/bare wall, ratio of totals {engine / bare:.4f}x", flush=True)
-    return out
+    return out, groups
 
 
 def sides_arg(text: str) -> list[str]:
@@ -177,13 +197,15 @@ def main() -> None:
         default="experience",
         help="unit of the pairing: an experience of every side in turn, or a whole run of every side in turn",
     )
+    parser.add_argument("--save", help="write every unit's wall and CPU seconds (and its process) to this JSON file")
     parser.add_argument("--seed", type=int, default=0, help="the sides' random order (process i of --processes: +i)")
     parser.add_argument("overrides", nargs="*", help="extra config overrides of the engine side")
     args = parser.parse_args()
     if args.flops_off_side and "engine_off" not in args.sides:
         args.sides.append("engine_off")
+    groups: list[int] | None = None
     if args.processes > 1:
-        results = pooled(args)
+        results, groups = pooled(args)
         tuned = not args.no_malloc_tuning
     else:
         tuned = not args.no_malloc_tuning and tune_malloc()
@@ -209,7 +231,9 @@ def main() -> None:
     ]
     for a, b, target in pairs:
         if a in results and b in results:
-            report(a, results[a], results[b], b, target if goal else None)
+            report(a, results[a], results[b], b, target if goal else None, groups)
+    if args.save:  # every unit's times, for other statistics later
+        Path(args.save).write_text(json.dumps({"units": results, "process": groups, "args": vars(args)}, indent=1))
 
 
 if __name__ == "__main__":

@@ -52,3 +52,21 @@ def test_bad_input_and_percentile():
         paired_ratio([], [])
     assert percentile([0.0, 1.0, 2.0, 3.0], 0.5) == pytest.approx(1.5)
     assert percentile([0.0, 1.0, 2.0, 3.0], 1.0) == 3.0
+
+
+def test_groups_widen_the_interval_by_the_spread_between_processes():
+    """Eight processes whose ratios differ by up to 2 % (40 tight units each): the interval over units is too narrow
+    to contain most process means; the one over processes contains the spread."""
+    a, b, groups = [], [], []
+    for g, shift in enumerate([0.99, 1.01, 1.0, 1.02, 0.995, 1.005, 1.015, 0.985]):
+        ga, gb = noisy_pairs(shift, 0.002, 40, seed=g)
+        a, b, groups = a + ga, b + gb, groups + [g] * 40
+    units = paired_ratio(a, b)
+    processes = paired_ratio(a, b, groups)
+    assert processes.groups == 8 and units.groups == 320
+    assert units.total == processes.total
+    width = lambda s: s.total_ci[1] - s.total_ci[0]  # noqa: E731
+    assert width(processes) > 3 * width(units)
+    assert processes.total_ci[0] < 1.0 < 1.01 < processes.total_ci[1]
+    with pytest.raises(ValueError, match="groups"):
+        paired_ratio(a, b, groups[:-1])
