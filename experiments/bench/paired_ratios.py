@@ -98,3 +98,34 @@ def paired_ratio(
         total=sum(a) / sum(b),
         total_ci=(percentile(totals, tail), percentile(totals, 1 - tail)),
     )
+
+
+def pool(paths: Sequence[str], a: str, b: str) -> tuple[PairedRatio, PairedRatio]:
+    """Wall-clock A/B over the units of several saved runs (``stream_overhead.py --save``): over units, and over
+    processes (each process of each run one cluster)."""
+    import json
+
+    wall_a: list[float] = []
+    wall_b: list[float] = []
+    groups: list[int] = []
+    for path in paths:
+        saved = json.loads(open(path).read())
+        units, processes = saved["units"], saved["process"] or [0] * len(saved["units"][a])
+        base = max(groups, default=-1) + 1
+        wall_a += [u[0] for u in units[a]]
+        wall_b += [u[0] for u in units[b]]
+        groups += [base + g for g in processes]
+    return paired_ratio(wall_a, wall_b), paired_ratio(wall_a, wall_b, groups)
+
+
+if __name__ == "__main__":  # python experiments/bench/paired_ratios.py engine bare 1.02 RUN.json [RUN.json ...]
+    import sys
+
+    side_a, side_b, goal, *files = sys.argv[1:]
+    units, processes = pool(files, side_a, side_b)
+    print(
+        f"{side_a}/{side_b} over {len(files)} runs, {units.units} units, {processes.groups} processes: ratio of totals "
+        f"{units.total:.4f}x, 95 % CI over units {units.total_ci[0]:.4f}-{units.total_ci[1]:.4f}, over processes "
+        f"{processes.total_ci[0]:.4f}-{processes.total_ci[1]:.4f}; goal <= {float(goal):.2f}x: "
+        f"{processes.verdict(float(goal))}"
+    )

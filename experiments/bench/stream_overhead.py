@@ -23,6 +23,8 @@ weights (one deep-copied method) on the same stream, evaluation excluded (experi
   epoch. Timed from ``configure_optimizers`` to the end-of-experience hook.
 * ``engine_off``: ``engine`` with the FLOP counter off (``callbacks.flops=null``), so that the counter's cost is a
   ratio measured side by side (``engine/engine_off``).
+* ``bare_again``: the bare side a second time, an A/A control: what the bench reads between identical sides (~1 % at
+  32 experiences, 2026-12-04).
 
 The bench checks that the sides end with bit-identical weights (every tensor of the method's ``state_dict``,
 after the warm-up and after every round); it stops with an error otherwise.
@@ -228,6 +230,7 @@ def main() -> None:
         ("engine_off", "bare", 1.02),
         ("engine_off", "hand", 1.05),
         ("engine", "engine_off", None),
+        ("bare_again", "bare", None),  # the A/A control
     ]
     for a, b, target in pairs:
         if a in results and b in results:

@@ -150,6 +150,7 @@ SIDES: dict[str, Callable[[Setup], Iterator[Timing]]] = {
     "bare": bare_side,
     "hand": hand_side,
     "engine_off": lambda s: engine_side(s, counter_off=True),
+    "bare_again": bare_side,  # an A/A control: bare_again/bare shows what the bench reads between identical sides
 }
 
 
